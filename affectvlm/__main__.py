@@ -1,0 +1,3 @@
+from affectvlm.cli import main
+
+raise SystemExit(main())

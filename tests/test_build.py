@@ -1,0 +1,84 @@
+"""The build options of CMakeLists.txt, exercised with CMake itself on this source tree."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pybind11
+import pytest
+
+pytestmark = pytest.mark.build
+
+SOURCE = Path(__file__).resolve().parents[1]
+
+
+def configure(build_dir, env_overrides, *defines):
+    inherited = {k: v for k, v in os.environ.items() if k not in ("AFFECTVLM_CUDA", "CUDAARCHS", "CUDACXX")}
+    env = {**inherited, **env_overrides}
+    command = ["cmake", "-S", str(SOURCE), "-B", str(build_dir), "-G", "Ninja",
+               f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", *defines]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cuda_on_without_a_cuda_compiler_fails_loudly(tmp_path):
+    result = configure(tmp_path, {"AFFECTVLM_CUDA": "ON", "CUDACXX": str(tmp_path / "no-such-nvcc"),
+                                  "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "AFFECTVLM_CUDA=ON but no CUDA compiler was found" in result.stdout + result.stderr
+
+
+def test_cuda_auto_without_a_cuda_compiler_builds_cpu_only(tmp_path):
+    result = configure(tmp_path, {"AFFECTVLM_CUDA": "AUTO", "CUDACXX": str(tmp_path / "no-such-nvcc"),
+                                  "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no CUDA compiler found, building the CPU kernels only" in result.stdout
+
+
+def test_an_unknown_cuda_option_is_rejected(tmp_path):
+    result = configure(tmp_path, {}, "-DAFFECTVLM_CUDA=maybe")
+    assert result.returncode != 0
+    assert "AFFECTVLM_CUDA must be AUTO, ON or OFF, not 'MAYBE'" in result.stderr
+
+
+def test_cuda_off_builds_a_cpu_only_module_that_imports(tmp_path):
+    build = tmp_path / "build"
+    configured = configure(build, {"AFFECTVLM_CUDA": "OFF"})
+    assert configured.returncode == 0, configured.stdout + configured.stderr
+    assert "building CUDA kernels" not in configured.stdout
+    built = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (module,) = build.glob("_C*.so")
+
+    check = f"""
+import importlib.util, numpy
+spec = importlib.util.spec_from_file_location("_C", {str(module)!r})
+C = importlib.util.module_from_spec(spec); spec.loader.exec_module(C)
+info = C.cuda_runtime_info()
+assert info["kernels_built"] is False and info["device_count"] == 0, info
+assert "built without CUDA kernels" in info["reason"], info
+assert C.describe(numpy.zeros((2, 3), numpy.float32))["shape"] == (2, 3)
+print("cpu-only module ok")
+"""
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cpu-only module ok" in result.stdout
+
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
+
+
+@needs_nvcc
+def test_cuda_architectures_default_to_80_and_90(tmp_path):
+    result = configure(tmp_path, {"AFFECTVLM_CUDA": "ON"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "building CUDA kernels for architectures 80;90" in result.stdout
+
+
+@needs_nvcc
+def test_cuda_architectures_follow_the_user(tmp_path):
+    result = configure(tmp_path, {"AFFECTVLM_CUDA": "ON", "CUDAARCHS": "90"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "building CUDA kernels for architectures 90\n" in result.stdout

@@ -1,0 +1,46 @@
+"""The installed `affectvlm` console script, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from affectvlm._ext import cuda_status
+
+
+def run(*args):
+    return subprocess.run(["affectvlm", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_info_json_reports_packages_and_cuda():
+    result = run("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert {"affectvlm", "python", "torch", "open_clip", "dali", "cuda"} <= set(info)
+    assert info["torch"]["installed"] and info["torch"]["error"] is None
+    assert info["open_clip"]["installed"]
+    assert info["cuda"] == cuda_status().as_dict()
+
+
+def test_info_text_names_the_cuda_state():
+    result = run("info")
+    assert result.returncode == 0, result.stderr
+    assert "CUDA       kernels" in result.stdout
+
+
+def test_planned_subcommands_say_they_are_not_available():
+    for command in ["generate", "render", "train", "evaluate", "predict", "app"]:
+        result = run(command, "--some-flag", "value")
+        assert result.returncode == 2
+        assert f"affectvlm {command}: not available yet" in result.stderr
+
+
+def test_missing_or_unknown_subcommand_is_a_usage_error():
+    assert run().returncode == 2
+    unknown = run("fly")
+    assert unknown.returncode == 2 and "invalid choice: 'fly'" in unknown.stderr
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "affectvlm", "--version"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("affectvlm ")
