@@ -1,0 +1,52 @@
+"""The canonical frame every mesh is brought into before rendering: centred, unit size, facing +z."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from affectvlm.geometry.mesh import Mesh
+
+
+def normalise(mesh: Mesh, align: bool = False) -> Mesh:
+    """Centre the bounding box at the origin and scale so the farthest vertex lies at distance 1.
+
+    With `align`, also rotate the face's forward direction onto +z. The forward direction is the mesh's
+    vector area (the sum of triangle normals weighted by area), which for an open face surface whose
+    triangles wind counter-clockwise seen from the front points out of the face.
+    The transform applied is stored as metadata `normalise_centre`, `normalise_scale`, `normalise_rotation`.
+    """
+    vertices = mesh.vertices.astype(np.float64)
+    rotation = _forward_to_z(vertices, mesh.faces) if align else np.eye(3)
+    vertices = vertices @ rotation.T
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    vertices -= centre
+    radius = np.linalg.norm(vertices, axis=1).max()
+    scale = 1.0 / radius if radius > 0 else 1.0
+    metadata = {**mesh.metadata, "normalise_centre": centre, "normalise_scale": scale,
+                "normalise_rotation": rotation}
+    return Mesh((vertices * scale).astype(np.float32), mesh.faces, metadata)
+
+
+def _forward_to_z(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    corners = vertices[faces]
+    vector_area = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]).sum(axis=0)
+    length = np.linalg.norm(vector_area)
+    if length == 0:
+        return np.eye(3)
+    return rotation_between(vector_area / length, np.array([0.0, 0.0, 1.0]))
+
+
+def rotation_between(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector `source` to unit vector `target` (Rodrigues)."""
+    axis = np.cross(source, target)
+    sine, cosine = np.linalg.norm(axis), float(source @ target)
+    if sine < 1e-12:
+        if cosine > 0:
+            return np.eye(3)
+        # Opposite vectors: turn half a revolution about any axis perpendicular to source.
+        perpendicular = np.cross(source, [1.0, 0.0, 0.0] if abs(source[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perpendicular /= np.linalg.norm(perpendicular)
+        return 2 * np.outer(perpendicular, perpendicular) - np.eye(3)
+    axis /= sine
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + sine * cross + (1 - cosine) * cross @ cross
