@@ -7,13 +7,13 @@ import json
 import platform
 import sys
 from importlib import import_module, metadata
+from pathlib import Path
 
 import affectvlm
 from affectvlm._ext import cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
-    "generate": "write the built-in synthetic 3D/4D face dataset",
     "render": "render a mesh dataset into multiview image shards",
     "train": "train AffectVLM (single process; use torchrun for several GPUs)",
     "evaluate": "evaluate a checkpoint with subject-independent folds",
@@ -78,6 +78,60 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from affectvlm.data.blendshapes import BlendshapeFaceModel, FaceModelError
+    from affectvlm.data.synthetic import DEFAULT_FRAMES, generate_dataset, meshes_per_subject
+
+    frames = args.frames or DEFAULT_FRAMES
+    try:
+        model = BlendshapeFaceModel.from_folder(args.blendshapes, args.recipe) if args.blendshapes else None
+        with tqdm(total=args.subjects * meshes_per_subject(args.sequences, frames), unit="mesh",
+                  desc="generate") as progress:
+            samples = generate_dataset(args.out, args.subjects, args.seed, args.format, args.sequences, frames,
+                                       model, on_mesh=progress.update)
+    except (FaceModelError, OSError) as error:
+        print(f"affectvlm generate: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(samples)} meshes of {args.subjects} subject(s) to {args.out}, labels in "
+          f"{Path(args.out) / 'labels.csv'}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_generate_parser(commands) -> None:
+    generate = commands.add_parser(
+        "generate", help="write the built-in synthetic 3D/4D face dataset (meshes + labels.csv)",
+        description="Write synthetic labelled faces: per subject one neutral face and six emotions at four "
+                    "intensities, or with --sequences one neutral-apex-neutral sequence per emotion.")
+    generate.add_argument("--out", required=True, help="output folder")
+    generate.add_argument("--subjects", required=True, type=_positive_int, help="number of subjects")
+    generate.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    generate.add_argument("--format", choices=["obj", "ply", "wrl"], default="obj", help="mesh file format")
+    generate.add_argument("--sequences", action="store_true", help="write 4D sequences instead of static faces")
+    generate.add_argument("--frames", type=_positive_int, help="frames per sequence (default 24, at least 3)")
+    generate.add_argument("--blendshapes", metavar="MODEL_DIR",
+                          help="drive the generator with this blendshape model instead of the built-in face")
+    generate.add_argument("--recipe", metavar="FILE", help="JSON mapping each emotion to expression weights")
+    generate.set_defaults(handler=run_generate, validate=lambda args: _validate_generate(generate, args))
+
+
+def _validate_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if bool(args.blendshapes) != bool(args.recipe):
+        parser.error("--blendshapes and --recipe go together")
+    if args.frames is not None and not args.sequences:
+        parser.error("--frames needs --sequences")
+    if args.frames is not None and args.frames < 3:
+        parser.error("--frames must be at least 3 (neutral, apex, neutral)")
+
+
 def run_planned(args: argparse.Namespace) -> int:
     print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
     return 2
@@ -92,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=run_info)
 
+    _add_generate_parser(commands)
+
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")
         planned.set_defaults(handler=run_planned)
@@ -103,4 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in PLANNED:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if hasattr(args, "validate"):
+        args.validate(args)
     return args.handler(args)
