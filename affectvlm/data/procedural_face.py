@@ -176,14 +176,14 @@ class ProceduralFaceModel:
 
     @staticmethod
     def _mouth(u, v, a: Anatomy):
-        across = np.exp(-0.5 * (u / (0.9 * a.mouth_half_width)) ** 4)  # flat across the mouth, falling at corners
+        across = np.exp(-0.5 * (u / (0.75 * a.mouth_half_width)) ** 4)  # flat across the mouth, falling at corners
         lips = np.exp(-0.5 * (u / (0.6 * a.mouth_half_width)) ** 2)  # lips are fullest in the middle
         muzzle = 4 * _bump(u, v, 0, a.mouth_v, 0.32, 0.17)
         upper = a.upper_lip * lips * _band(v, a.mouth_v + 0.028, 0.012 + 0.016 * lips)
         lower = a.lower_lip * lips * _band(v, a.mouth_v - 0.035, 0.014 + 0.02 * lips)
         line = -2.5 * across * _band(v, a.mouth_v, 0.011)
         philtrum = -1.0 * _bump(u, v, 0, (a.nose_tip_v + a.mouth_v) / 2, 0.025, 0.05)
-        chin_crease = -2.0 * across * _band(v, a.mouth_v - 0.13, 0.03)
+        chin_crease = -2.0 * lips * _band(v, a.mouth_v - 0.13, 0.03)
         return muzzle + upper + lower + line + philtrum + chin_crease
 
 

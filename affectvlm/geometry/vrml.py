@@ -17,14 +17,16 @@ from affectvlm.geometry.mesh import DEFAULT_MAX_FACES, Mesh, MeshError, checked_
 
 _HEADER = re.compile(rb"\A(?:\xef\xbb\xbf)?#VRML V2\.0")
 _COMMENT = re.compile(r"#[^\n]*")
-_FACE_SET = re.compile(r"\bIndexedFaceSet\s*\{")
+# Each field: the keyword it starts with, and the pattern matched there (finding the keyword with str.find
+# first is many times faster than a regex scan through megabytes of numbers).
 _OPTIONAL_DEF = r"(?:DEF\s+\S+\s+)?"
-_COORDINATES = re.compile(r"\bcoord\s+" + _OPTIONAL_DEF + r"Coordinate\s*\{\s*point\s*\[([^\]]*)\]")
-_COORD_INDEX = re.compile(r"\bcoordIndex\s*\[([^\]]*)\]")
-_TEX_COORDINATES = re.compile(r"\btexCoord\s+" + _OPTIONAL_DEF + r"TextureCoordinate\s*\{\s*point\s*\[([^\]]*)\]")
-_TEX_COORD_INDEX = re.compile(r"\btexCoordIndex\s*\[([^\]]*)\]")
-_BRACE = re.compile(r"[{}]")
-_TEXTURE_URL = re.compile(r"\burl\s*\[?\s*\"([^\"]*)\"")
+_FACE_SET = ("IndexedFaceSet", re.compile(r"IndexedFaceSet\s*\{"))
+_COORDINATES = ("coord", re.compile(r"coord\s+" + _OPTIONAL_DEF + r"Coordinate\s*\{\s*point\s*\[([^\]]*)\]"))
+_COORD_INDEX = ("coordIndex", re.compile(r"coordIndex\s*\[([^\]]*)\]"))
+_TEX_COORDINATES = ("texCoord", re.compile(r"texCoord\s+" + _OPTIONAL_DEF
+                                           + r"TextureCoordinate\s*\{\s*point\s*\[([^\]]*)\]"))
+_TEX_COORD_INDEX = ("texCoordIndex", re.compile(r"texCoordIndex\s*\[([^\]]*)\]"))
+_TEXTURE_URL = ("url", re.compile(r"url\s*\[?\s*\"([^\"]*)\""))
 
 
 def read_vrml(path: str | Path, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
@@ -53,32 +55,50 @@ def read_vrml(path: str | Path, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
     if uv_blocks and len(uv_blocks) == len(bodies):
         metadata["uv"] = np.concatenate(uv_blocks).astype(np.float32)
         metadata["uv_faces"] = np.concatenate(uv_face_blocks).astype(np.int32)
-    texture = _TEXTURE_URL.search(text)
+    texture = _find(text, _TEXTURE_URL)
     if texture:
         metadata["texture"] = texture.group(1)
     return checked_mesh(path, np.concatenate(vertex_blocks), np.concatenate(face_blocks), metadata, max_faces)
 
 
+def _find(text: str, field: tuple[str, re.Pattern], start: int = 0) -> re.Match | None:
+    """The first match of a field's pattern where its keyword begins a word, at or after `start`."""
+    keyword, pattern = field
+    position = text.find(keyword, start)
+    while position != -1:
+        before = text[position - 1] if position else " "
+        if not (before.isalnum() or before == "_"):
+            match = pattern.match(text, position)
+            if match:
+                return match
+        position = text.find(keyword, position + 1)
+    return None
+
+
 def _face_set_bodies(path, text: str) -> list[str]:
     """The text between each `IndexedFaceSet {` and its matching `}`."""
     bodies = []
-    for match in _FACE_SET.finditer(text):
+    match = _find(text, _FACE_SET)
+    while match:
         depth, position = 1, match.end()
         while depth:
-            next_brace = _BRACE.search(text, position)
-            if next_brace is None:
+            next_open, next_close = text.find("{", position), text.find("}", position)
+            if next_close == -1:
                 raise MeshError(path, "IndexedFaceSet node is not closed (truncated file?)")
-            depth += 1 if next_brace.group() == "{" else -1
-            position = next_brace.end()
+            if next_open != -1 and next_open < next_close:
+                depth, position = depth + 1, next_open + 1
+            else:
+                depth, position = depth - 1, next_close + 1
         bodies.append(text[match.end():position - 1])
+        match = _find(text, _FACE_SET, position)
     return bodies
 
 
 def _read_face_set(path, body: str, max_faces: int):
-    coordinates = _COORDINATES.search(body)
+    coordinates = _find(body, _COORDINATES)
     if coordinates is None:
         raise MeshError(path, "IndexedFaceSet has no 'coord Coordinate { point [...] }'")
-    coord_index = _COORD_INDEX.search(body)
+    coord_index = _find(body, _COORD_INDEX)
     if coord_index is None:
         raise MeshError(path, "IndexedFaceSet has no 'coordIndex [...]'")
     vertices = _rows(path, coordinates.group(1), 3, "Coordinate point")
@@ -86,11 +106,11 @@ def _read_face_set(path, body: str, max_faces: int):
     if len(faces) and (faces.max() >= len(vertices)):
         raise MeshError(path, f"coordIndex refers to vertex {int(faces.max())} but only {len(vertices)} points exist")
 
-    tex_coordinates = _TEX_COORDINATES.search(body)
+    tex_coordinates = _find(body, _TEX_COORDINATES)
     if tex_coordinates is None:
         return vertices, faces, None, None
     uv = _rows(path, tex_coordinates.group(1), 2, "TextureCoordinate point")
-    tex_index = _TEX_COORD_INDEX.search(body)
+    tex_index = _find(body, _TEX_COORD_INDEX)
     if tex_index is None:
         if len(uv) != len(vertices):
             raise MeshError(path, f"{len(uv)} texture coordinates for {len(vertices)} vertices and no texCoordIndex")
