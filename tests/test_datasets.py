@@ -112,6 +112,12 @@ def test_bad_labels_csv_names_the_line(tmp_path, content, reason):
     assert str(raised.value).startswith(str(tmp_path / "labels.csv"))
 
 
+def test_labels_csv_saved_by_a_spreadsheet_with_a_byte_order_mark(tmp_path):
+    touch(tmp_path / "a.obj")
+    (tmp_path / "labels.csv").write_bytes("file,subject,emotion\r\na.obj,s1,sad\r\n".encode("utf-8-sig"))
+    assert [(s.subject, s.emotion) for s in index_dataset(tmp_path)] == [("s1", "sadness")]
+
+
 def test_labels_written_are_read_back(tmp_path):
     samples = [Sample(touch(tmp_path / "s1" / "happiness_4.obj"), "s1", "happiness", 4,
                       attributes={"sex": "female", "age": 25}),

@@ -139,6 +139,7 @@ def test_vrml_with_several_face_sets_concatenates_them(tmp_path):
     (("#VRML V2.0 utf8", "#VRML V1.0 ascii"), "not a VRML 2.0 file"),
     (("texCoordIndex [ 0 1 4 -1", "texCoordIndex [ 0 1 4 5 -1"), "does not have the polygons of coordIndex"),
     (("0.6 0.6 ]", "0.6 ]"), "not a multiple of 2"),
+    (("0.6 0.6 ]", "0.6 inf ]"), "infinite texture coordinates"),
 ])
 def test_malformed_vrml_gives_a_mesh_error_naming_file_and_reason(tmp_path, change, reason):
     old, new = change
@@ -268,5 +269,7 @@ def test_wrong_checked_arrays_are_rejected():
         checked_mesh("x", SQUARE_POINTS, np.array([[0, 1, 2.5]]))
     with pytest.raises(MeshError, match="too large for float32"):
         checked_mesh("x", SQUARE_POINTS * 1e300, [[0, 1, 2]])
+    with pytest.raises(MeshError, match="must be numbers"):
+        checked_mesh("x", np.array([["a", "b", "c"]]), [[0, 0, 0]])
     with pytest.raises(MeshError, match=r"shape \(V, 3\)"):
         checked_mesh("x", SQUARE_POINTS[:, :2], [[0, 1, 2]])

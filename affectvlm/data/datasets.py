@@ -132,7 +132,7 @@ def index_labelled_folder(root: str | Path) -> list[Sample]:
     sequence, frame. `file` is relative to the folder; an empty emotion means unlabelled."""
     labels = Path(root) / LABELS_FILE
     try:
-        with open(labels, newline="", encoding="utf-8") as handle:
+        with open(labels, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
             rows = list(csv.DictReader(handle))
             columns = rows[0].keys() if rows else ()
     except (OSError, UnicodeDecodeError, csv.Error) as error:

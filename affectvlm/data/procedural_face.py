@@ -2,8 +2,8 @@
 and jaw built from smooth bumps and creases, and action-unit-like displacement fields for expressions.
 
 Every face is one fixed grid inside an elliptic outline, parameterised by (u, v) in the unit disc
-(u to the viewer's right, v up), so all identities,
-expressions and frames share one topology. Lengths are millimetres; the face looks along +z.
+(u to the viewer's right, v up), so all identities, expressions and frames share one topology.
+Lengths are millimetres; the face looks along +z.
 """
 
 from __future__ import annotations

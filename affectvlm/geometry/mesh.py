@@ -42,6 +42,8 @@ def checked_mesh(path: str | Path, vertices, faces, metadata: dict | None = None
     """Build a `Mesh` in the canonical dtypes, or raise `MeshError` saying why the arrays are not a mesh."""
     vertices = np.asarray(vertices)
     faces = np.asarray(faces)
+    if not np.issubdtype(vertices.dtype, np.number):
+        raise MeshError(path, f"vertex coordinates must be numbers, got {vertices.dtype}")
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise MeshError(path, f"vertices must have shape (V, 3), got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3:

@@ -49,8 +49,6 @@ def read_vrml(path: str | Path, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
             uv_blocks.append(uv)
             uv_face_blocks.append(uv_faces + uv_offset)
             uv_offset += len(uv)
-        if sum(len(block) for block in face_blocks) > max_faces:
-            break  # checked_mesh reports the count
     metadata = {"format": "wrl"}
     if uv_blocks and len(uv_blocks) == len(bodies):
         metadata["uv"] = np.concatenate(uv_blocks).astype(np.float32)
@@ -110,6 +108,8 @@ def _read_face_set(path, body: str, max_faces: int):
     if tex_coordinates is None:
         return vertices, faces, None, None
     uv = _rows(path, tex_coordinates.group(1), 2, "TextureCoordinate point")
+    if not np.isfinite(uv).all():
+        raise MeshError(path, "NaN or infinite texture coordinates")
     tex_index = _find(body, _TEX_COORD_INDEX)
     if tex_index is None:
         if len(uv) != len(vertices):
