@@ -53,6 +53,19 @@ def test_static_dataset_labels_are_balanced_and_files_share_the_topology(tmp_pat
         assert np.array_equal(mesh.faces, MODEL.faces)
 
 
+def test_samples_load_in_the_canonical_frame_with_their_labels(tmp_path):
+    from affectvlm.data import load_sample
+
+    generate_dataset(tmp_path, subjects=1, seed=8, file_format="wrl")
+    sample = next(s for s in index_dataset(tmp_path) if s.emotion == "surprise" and s.intensity == 2)
+    mesh = load_sample(sample)
+    assert np.isclose(np.linalg.norm(mesh.vertices, axis=1).max(), 1.0, atol=1e-5)
+    low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    assert np.allclose(low + high, 0, atol=1e-5)
+    assert (mesh.metadata["subject"], mesh.metadata["emotion"], mesh.metadata["intensity"]) == ("S001", "surprise", 2)
+    assert mesh.metadata["sex"] == sample.attributes["sex"]
+
+
 def test_same_seed_same_bytes_and_subjects_do_not_depend_on_the_count(tmp_path):
     generate_dataset(tmp_path / "a", subjects=2, seed=11, file_format="ply")
     generate_dataset(tmp_path / "b", subjects=2, seed=11, file_format="ply")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from affectvlm.data.emotions import parse_emotion
-from affectvlm.geometry.io import READABLE_FORMATS
+from affectvlm.geometry.io import READABLE_FORMATS, load_mesh
+from affectvlm.geometry.mesh import Mesh
+from affectvlm.geometry.normalise import normalise
 
 LABELS_FILE = "labels.csv"
 REQUIRED_COLUMNS = ("file", "subject", "emotion")
@@ -42,6 +44,15 @@ class Sample:
     sequence: str | None = None  # 4D data: the sequence this frame belongs to
     frame: int | None = None
     attributes: dict = field(default_factory=dict, compare=False)  # sex, age, race, scan kind, ...
+
+
+def load_sample(sample: Sample, align: bool = False) -> Mesh:
+    """The sample's mesh in the canonical frame (`affectvlm.geometry.normalise`), its labels in the metadata.
+    Raises `MeshError` for a file that is not a usable mesh."""
+    mesh = normalise(load_mesh(sample.path), align=align)
+    mesh.metadata.update(subject=sample.subject, emotion=sample.emotion, intensity=sample.intensity,
+                         sequence=sample.sequence, frame=sample.frame, **sample.attributes)
+    return mesh
 
 
 def index_dataset(root: str | Path, layout: str = "auto") -> list[Sample]:
