@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "cuda_runtime_info.h"
+#include "raster/raster_binding.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -21,4 +22,12 @@ PYBIND11_MODULE(_C, m) {
                     "driver_version"_a = info.driver_version, "device_count"_a = info.device_count,
                     "reason"_a = info.reason);
   }, "What the CUDA runtime linked into this module sees; never raises.");
+
+  m.def("render_views", &affectvlm::raster::render_views_binding, "vertices"_a, "faces"_a, "meshes"_a,
+        "world_to_clip"_a, "world_to_view"_a, "images"_a, "triangle_ids"_a, py::kw_only(), "channels"_a,
+        "normals"_a = py::none(), "attributes"_a = py::none(), "barycentrics"_a = py::none(),
+        "zbuffer"_a = py::none(), "cull_backfaces"_a = false, "light"_a = std::array<float, 3>{0.0f, 0.0f, 1.0f},
+        "ambient"_a = 0.0f, "stream"_a = 0,
+        "Rasterise B meshes x K cameras into caller-allocated images (see csrc/raster/raster.h); "
+        "affectvlm.ops.raster.render_views is the API.");
 }

@@ -291,11 +291,19 @@ const ArrayView& ArrayView::require_writable() const {
 }
 
 const ArrayView& ArrayView::require_values_in_range(int64_t low, int64_t high) const {
+  return require_values_in_range(low, high, 0, numel());
+}
+
+const ArrayView& ArrayView::require_values_in_range(int64_t low, int64_t high, int64_t first, int64_t end) const {
   require_dtype({DType::Int32, DType::Int64}).require_contiguous();
   if (device_.type != DeviceType::CPU) {
     throw py::value_error(name_ + ": values can only be range-checked on the CPU, got " + device_name(device_));
   }
-  for (int64_t i = 0; i < numel(); ++i) {
+  if (first < 0 || end > numel() || first > end) {
+    throw py::value_error(name_ + ": elements [" + std::to_string(first) + ", " + std::to_string(end) +
+                          ") do not lie within its " + std::to_string(numel()) + " elements");
+  }
+  for (int64_t i = first; i < end; ++i) {
     const int64_t value = dtype_ == DType::Int64 ? data_as<int64_t>()[i] : data_as<int32_t>()[i];
     if (value < low || value >= high) {
       throw py::value_error(name_ + " must hold values in [" + std::to_string(low) + ", " + std::to_string(high) +

@@ -60,6 +60,8 @@ class ArrayView {
   // Every value of an int32/int64 CPU array lies in [low, high): what an index or label array needs before
   // a kernel indexes with it. Values on a GPU cannot be read here; checking them is the caller's job.
   const ArrayView& require_values_in_range(int64_t low, int64_t high) const;
+  // The same for the flattened elements [first, end) only, e.g. one mesh's rows of a packed face array.
+  const ArrayView& require_values_in_range(int64_t low, int64_t high, int64_t first, int64_t end) const;
 
  private:
   std::string name_;

@@ -1,0 +1,275 @@
+"""Batched mesh-to-multiview rendering: B meshes x K cameras -> float32 images (B, K, C, H, W).
+
+CPU tensors run the C++ kernel, CUDA tensors the CUDA kernel on the current stream, and where the compiled
+extension is missing the pure-PyTorch reference (`affectvlm.ops.reference`) renders the same images. Pixel,
+depth and fill conventions are documented in csrc/raster/raster_common.h and the README's Rendering section.
+
+Channels, in the order asked for:
+- "depth" (1): distance from the camera, normalised per view over the covered pixels: nearest 1, farthest 0
+  (1 everywhere when the view is flat), background 0;
+- "normal" (3): unit normal in camera space (+z towards the camera), interpolated from vertex normals;
+- "shading" (1): Lambertian, ambient + (1 - ambient) * max(0, normal . light), light in camera space;
+- "mask" (1): 1 where the mesh covers the pixel;
+- "attributes" (A): any per-vertex values (colour, curvature, ...) interpolated perspective-correctly.
+Background pixels are 0 in every channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from affectvlm.geometry.cameras import Cameras
+
+CHANNEL_WIDTHS = {"depth": 1, "normal": 3, "shading": 1, "mask": 1, "attributes": None}
+DEFAULT_CHANNELS = ("depth", "normal", "shading", "mask")
+DEFAULT_LIGHT = (0.3, 0.4, 1.0)
+BACKENDS = ("auto", "kernel", "reference")
+
+
+@dataclass
+class MeshBatch:
+    """B meshes packed for the kernels: vertices (NV, 3) float32, faces (NF, 3) int32 indexing each mesh's
+    own vertices, and per mesh a row (vertex_start, vertex_count, face_start, face_count) of `meshes` (B, 4)
+    int64. Meshes of one topology share faces (every row has face_start 0)."""
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    meshes: torch.Tensor
+    shared_topology: bool
+
+    @property
+    def num_meshes(self) -> int:
+        return self.meshes.shape[0]
+
+
+@dataclass
+class Fragments:
+    """What covers each pixel: triangle_ids (B, K, H, W) int32, the face index within its mesh or -1, and
+    barycentrics (B, K, 3, H, W) float32, perspective-correct weights of the face's corners (None unless
+    asked for)."""
+
+    triangle_ids: torch.Tensor
+    barycentrics: torch.Tensor | None
+
+
+def _check_vertices(vertices: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(vertices, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(vertices).__name__}")
+    if not vertices.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {vertices.dtype}")
+    if vertices.shape[-1:] != (3,) or vertices.shape[-2] == 0:
+        raise ValueError(f"{name} must have shape (..., V, 3) with V >= 1, got {tuple(vertices.shape)}")
+    if not torch.isfinite(vertices).all():
+        raise ValueError(f"{name} contain NaN or infinite coordinates")
+    return vertices.float().contiguous()
+
+
+def _check_faces(faces: torch.Tensor, num_vertices: int, name: str, device: torch.device) -> torch.Tensor:
+    if not isinstance(faces, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(faces).__name__}")
+    if faces.dtype.is_floating_point or faces.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"{name} must hold integer indices, got {faces.dtype}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (F, 3) with F >= 1, got {tuple(faces.shape)}")
+    if faces.device != device:
+        raise ValueError(f"{name} are on {faces.device} but the vertices on {device}")
+    low, high = int(faces.min()), int(faces.max())
+    if low < 0:
+        raise ValueError(f"{name} hold a negative vertex index ({low})")
+    if high >= num_vertices:
+        raise ValueError(f"{name} index vertex {high} but the mesh has {num_vertices} vertices")
+    if faces.shape[0] >= 2**31:
+        raise ValueError(f"{name}: at most 2^31 - 1 faces per mesh")
+    return faces.to(torch.int32).contiguous()
+
+
+def pack_meshes(vertices, faces) -> MeshBatch:
+    """A batch from per-mesh tensors: `vertices` (V, 3) with `faces` (F, 3) for one mesh; (B, V, 3) with
+    (F, 3) for B meshes of one topology (4D frames); or lists of (V_i, 3) and (F_i, 3) for meshes of
+    different topologies."""
+    if isinstance(vertices, (list, tuple)):
+        if not isinstance(faces, (list, tuple)) or len(faces) != len(vertices):
+            raise ValueError("lists of vertices and faces must have the same length")
+        if not vertices:
+            raise ValueError("vertices: no meshes to render")
+        checked_vertices = [_check_vertices(v, f"vertices[{i}]") for i, v in enumerate(vertices)]
+        device = checked_vertices[0].device
+        if any(v.ndim != 2 or v.device != device for v in checked_vertices):
+            raise ValueError("each vertices[i] must be a (V, 3) tensor, all on one device")
+        checked_faces = [_check_faces(f, len(v), f"faces[{i}]", device)
+                         for i, (v, f) in enumerate(zip(checked_vertices, faces))]
+        vertex_counts = torch.tensor([len(v) for v in checked_vertices])
+        face_counts = torch.tensor([len(f) for f in checked_faces])
+        rows = torch.stack([vertex_counts.cumsum(0) - vertex_counts, vertex_counts,
+                            face_counts.cumsum(0) - face_counts, face_counts], dim=1)
+        return MeshBatch(torch.cat(checked_vertices), torch.cat(checked_faces), rows.to(device), False)
+
+    vertices = _check_vertices(vertices, "vertices")
+    if vertices.ndim not in (2, 3):
+        raise ValueError(f"vertices must have shape (V, 3) or (B, V, 3), got {tuple(vertices.shape)}")
+    batch = vertices[None] if vertices.ndim == 2 else vertices
+    if batch.shape[0] == 0:
+        raise ValueError("vertices: no meshes to render (B = 0)")
+    num_meshes, num_vertices = batch.shape[:2]
+    faces = _check_faces(faces, num_vertices, "faces", vertices.device)
+    rows = torch.tensor([[b * num_vertices, num_vertices, 0, faces.shape[0]] for b in range(num_meshes)])
+    return MeshBatch(batch.reshape(-1, 3), faces, rows.to(vertices.device), True)
+
+
+def vertex_normals(batch: MeshBatch, meshes_per_chunk: int = 64) -> torch.Tensor:
+    """Area-weighted unit vertex normals (NV, 3) of a batch (zero for vertices of degenerate faces only)."""
+    normals = torch.zeros_like(batch.vertices)
+    starts, counts = batch.meshes[:, 0], batch.meshes[:, 3]
+    if batch.shared_topology:
+        faces = batch.faces.long()
+        per_mesh = batch.vertices.view(batch.num_meshes, -1, 3)
+        per_mesh_normals = normals.view_as(per_mesh)
+        for first in range(0, batch.num_meshes, meshes_per_chunk):
+            corners = per_mesh[first:first + meshes_per_chunk][:, faces]
+            face_normals = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0])
+            for i in range(3):
+                per_mesh_normals[first:first + meshes_per_chunk].index_add_(1, faces[:, i], face_normals)
+    else:
+        faces = batch.faces.long() + torch.repeat_interleave(starts, counts)[:, None]
+        corners = batch.vertices[faces]
+        face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        for i in range(3):
+            normals.index_add_(0, faces[:, i], face_normals)
+    return normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _check_attributes(attributes, batch: MeshBatch) -> torch.Tensor:
+    if isinstance(attributes, (list, tuple)):
+        attributes = torch.cat(list(attributes))
+    if not isinstance(attributes, torch.Tensor) or not attributes.is_floating_point():
+        raise TypeError("attributes must be a floating-point tensor (V, A), (B, V, A) or a list of (V_i, A)")
+    attributes = attributes.reshape(-1, attributes.shape[-1]) if attributes.ndim >= 2 else attributes
+    if attributes.ndim != 2 or attributes.shape[0] != batch.vertices.shape[0] or attributes.shape[1] == 0:
+        raise ValueError(f"attributes must hold A >= 1 values for each of the {batch.vertices.shape[0]} vertices, "
+                         f"got shape {tuple(attributes.shape)}")
+    if attributes.device != batch.vertices.device:
+        raise ValueError(f"attributes are on {attributes.device} but the vertices on {batch.vertices.device}")
+    return attributes.float().contiguous()
+
+
+def _image_size(image_size) -> tuple[int, int]:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if not (isinstance(height, int) and isinstance(width, int) and height >= 1 and width >= 1):
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    return height, width
+
+
+def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:
+    """Where each named channel lies in the C dimension of the images."""
+    layout, start = {}, 0
+    for name in channels:
+        if name not in CHANNEL_WIDTHS:
+            raise ValueError(f"unknown channel '{name}' (choose from {', '.join(CHANNEL_WIDTHS)})")
+        if name in layout:
+            raise ValueError(f"channel '{name}' is listed twice")
+        width = CHANNEL_WIDTHS[name] or num_attributes
+        layout[name] = slice(start, start + width)
+        start += width
+    return layout
+
+
+def _camera_matrices(cameras: Cameras, batch: MeshBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be affectvlm.geometry.cameras.Cameras, got {type(cameras).__name__}")
+    if cameras.world_to_view.shape[0] not in (1, batch.num_meshes):
+        raise ValueError(f"cameras hold {cameras.world_to_view.shape[0]} sets of views; expected 1 or one per "
+                         f"mesh ({batch.num_meshes})")
+    device = batch.vertices.device
+    return (cameras.world_to_clip.float().to(device).contiguous(),
+            cameras.world_to_view.float().to(device).contiguous())
+
+
+def _normalise_depth(images: torch.Tensor, triangle_ids: torch.Tensor, depth: slice) -> None:
+    distance = images[:, :, depth.start]
+    covered = triangle_ids >= 0
+    nearest = torch.where(covered, distance, torch.inf).amin(dim=(-2, -1), keepdim=True)
+    farthest = torch.where(covered, distance, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+    span = farthest - nearest
+    relative = torch.where(span > 0, (farthest - distance) / span, torch.ones_like(distance))
+    images[:, :, depth.start] = torch.where(covered, relative, torch.zeros_like(distance))
+
+
+def _use_kernel(backend: str, device: torch.device) -> bool:
+    from affectvlm._ext import IMPORT_ERROR, cuda_status
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if backend == "reference":
+        return False
+    available = IMPORT_ERROR is None and (device.type == "cpu" or cuda_status().kernels_built)
+    if backend == "kernel" and not available:
+        raise RuntimeError(f"no compiled rasteriser for {device.type}: "
+                           f"{IMPORT_ERROR or 'this build has no CUDA kernels'}")
+    return available
+
+
+def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
+                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, cull_backfaces: bool = False,
+                 return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
+    """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
+
+    vertices/faces: one mesh, B meshes of one topology or lists of meshes (see `pack_meshes`). cameras: K views
+    for all meshes or per mesh (`affectvlm.geometry.cameras`). image_size: int or (height, width).
+    channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
+    like vertices. light: direction towards the light in camera space. Front faces wind counter-clockwise as
+    seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
+    (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
+    reference where it is missing), "kernel" or "reference".
+    """
+    batch = pack_meshes(vertices, faces)
+    height, width = _image_size(image_size)
+    world_to_clip, world_to_view = _camera_matrices(cameras, batch)
+    attributes = _check_attributes(attributes, batch) if attributes is not None else None
+    layout = channel_layout(channels, attributes.shape[1] if attributes is not None else 0)
+    if "attributes" in layout and attributes is None:
+        raise ValueError("the 'attributes' channel needs attributes=")
+    light = torch.tensor(light, dtype=torch.float64)
+    if light.shape != (3,) or not torch.isfinite(light).all() or light.norm() == 0:
+        raise ValueError(f"light must be a finite non-zero 3-vector, got {light.tolist()}")
+    light = (light / light.norm()).tolist()
+    normals = vertex_normals(batch) if {"normal", "shading"} & set(layout) else None
+
+    num_channels = sum(s.stop - s.start for s in layout.values())
+    device = batch.vertices.device
+    shape = (batch.num_meshes, world_to_clip.shape[1])
+    images = torch.empty(*shape, num_channels, height, width, device=device)
+    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
+    barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
+    arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
+                     cull_backfaces=cull_backfaces, light=light, ambient=float(ambient))
+    if _use_kernel(backend, device):
+        _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
+    else:
+        from affectvlm.ops.reference import render_views_reference
+
+        render_views_reference(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                               triangle_ids, **arguments)
+    if "depth" in layout:
+        _normalise_depth(images, triangle_ids, layout["depth"])
+    if return_fragments:
+        return images, Fragments(triangle_ids, barycentrics)
+    return images
+
+
+def _render_with_kernel(batch: MeshBatch, world_to_clip, world_to_view, images, triangle_ids, arguments) -> None:
+    from affectvlm._ext import extension
+
+    device = batch.vertices.device
+    if device.type != "cuda":
+        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                                 triangle_ids, **arguments)
+        return
+    # pack_meshes built and checked the mesh rows and faces; the CUDA kernel trusts them, as the binding
+    # cannot read GPU memory.
+    zbuffer = torch.empty(triangle_ids.shape, dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
+        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                                 triangle_ids, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream,
+                                 **arguments)

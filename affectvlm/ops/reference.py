@@ -1,0 +1,196 @@
+"""Pure-PyTorch references of the compiled kernels: ground truth for the tests and the fallback where the
+extension is missing.
+
+Rasteriser: `render_views_reference` takes the same arguments as `_C.render_views` and follows
+csrc/raster/raster_common.h operation by operation, in float32 and exact int64, so that its coverage, depth
+keys and triangle ids equal the kernels'. It is vectorised over pixels x triangles in chunks of bounded
+memory, and meant for small images and meshes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUBPIXEL_SCALE = 256
+HALF_PIXEL = SUBPIXEL_SCALE // 2
+GUARD_BAND_PIXELS = 2097152.0
+NO_KEY = torch.iinfo(torch.int64).max
+PIXELS_X_TRIANGLES_PER_CHUNK = 1 << 20
+
+
+def _transform_row(matrix: torch.Tensor, row: int, points: torch.Tensor) -> torch.Tensor:
+    m = matrix[row]
+    return ((m[0] * points[:, 0] + m[1] * points[:, 1]) + m[2] * points[:, 2]) + m[3]
+
+
+def project_vertices_reference(points: torch.Tensor, world_to_clip: torch.Tensor, world_to_view: torch.Tensor,
+                               width: int, height: int) -> dict[str, torch.Tensor]:
+    """Screen vertices (fixed-point x, y; z01; inv_w; depth; valid) of points (V, 3) seen by one camera."""
+    cx, cy, cz, cw = (_transform_row(world_to_clip, r, points) for r in range(4))
+    depth = -_transform_row(world_to_view, 2, points)
+    valid = (cw > 0) & (cz >= -cw)
+    inv_w = torch.ones_like(cw) / cw
+    px = ((cx * inv_w) * 0.5 + 0.5) * float(width)
+    py = (0.5 - (cy * inv_w) * 0.5) * float(height)
+    z01 = (cz * inv_w) * 0.5 + 0.5
+    valid &= (px.abs() <= GUARD_BAND_PIXELS) & (py.abs() <= GUARD_BAND_PIXELS)
+    x = torch.round(torch.where(valid, px, 0.0) * float(SUBPIXEL_SCALE)).long()
+    y = torch.round(torch.where(valid, py, 0.0) * float(SUBPIXEL_SCALE)).long()
+    return {"x": x, "y": y, "z01": z01, "inv_w": inv_w, "depth": depth, "valid": valid}
+
+
+def setup_triangles_reference(screen: dict, faces: torch.Tensor, cull_backfaces: bool, width: int,
+                              height: int) -> dict[str, torch.Tensor]:
+    """Triangles (F,) made positive: per slot the original corner, positions, inside biases, bounding box,
+    and whether each triangle is kept."""
+    faces = faces.long()
+    x, y = screen["x"][faces], screen["y"][faces]
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
+    kept = screen["valid"][faces].all(dim=1) & (area != 0)
+    if cull_backfaces:
+        kept &= area < 0
+    swap = area < 0
+    zeros = torch.zeros_like(swap, dtype=torch.long)
+    corner = torch.stack([zeros, torch.where(swap, 2, 1), torch.where(swap, 1, 2)], dim=1)
+    tx, ty = x.gather(1, corner), y.gather(1, corner)
+    bias = []
+    for s in range(3):
+        dx = tx[:, (s + 2) % 3] - tx[:, (s + 1) % 3]
+        dy = ty[:, (s + 2) % 3] - ty[:, (s + 1) % 3]
+        bias.append(torch.where((dy < 0) | ((dy == 0) & (dx > 0)), 0, 1))
+
+    def first_centre_at_or_after(low):
+        return -torch.div(-(low - HALF_PIXEL), SUBPIXEL_SCALE, rounding_mode="floor")
+
+    def last_centre_at_or_before(high):
+        return torch.div(high - HALF_PIXEL, SUBPIXEL_SCALE, rounding_mode="floor")
+
+    col0 = first_centre_at_or_after(tx.amin(1)).clamp_min(0)
+    col1 = last_centre_at_or_before(tx.amax(1)).clamp_max(width - 1)
+    row0 = first_centre_at_or_after(ty.amin(1)).clamp_min(0)
+    row1 = last_centre_at_or_before(ty.amax(1)).clamp_max(height - 1)
+    kept &= (col0 <= col1) & (row0 <= row1)
+    return {"corner": corner, "x": tx, "y": ty, "area": area.abs(), "bias": torch.stack(bias, dim=1),
+            "z01": screen["z01"][faces].gather(1, corner), "kept": kept}
+
+
+def _edge_functions(triangles: dict, px: torch.Tensor, py: torch.Tensor) -> list[torch.Tensor]:
+    """Exact edge functions of each slot; triangle tensors (T, 3) against points broadcast with them."""
+    x, y = triangles["x"], triangles["y"]
+    edges = []
+    for s in range(3):
+        a, b = (s + 1) % 3, (s + 2) % 3
+        edges.append((x[..., b] - x[..., a]) * (py - y[..., a]) - (y[..., b] - y[..., a]) * (px - x[..., a]))
+    return edges
+
+
+def _screen_weights(area: torch.Tensor, edges: list[torch.Tensor]) -> list[torch.Tensor]:
+    inv_area = torch.ones_like(area, dtype=torch.float32) / area.float()
+    return [e.float() * inv_area for e in edges]
+
+
+def _pixel_centres(height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                indexing="ij")
+    return cols.reshape(-1) * SUBPIXEL_SCALE + HALF_PIXEL, rows.reshape(-1) * SUBPIXEL_SCALE + HALF_PIXEL
+
+
+def depth_test_reference(triangles: dict, height: int, width: int) -> torch.Tensor:
+    """Per pixel (H * W,) the smallest key (float bits of z01) << 32 | triangle id, or NO_KEY."""
+    px, py = _pixel_centres(height, width, triangles["x"].device)
+    best = torch.full_like(px, NO_KEY)
+    ids = torch.nonzero(triangles["kept"]).flatten()
+    chunk = max(1, PIXELS_X_TRIANGLES_PER_CHUNK // px.numel())
+    for first in range(0, ids.numel(), chunk):
+        chosen = ids[first:first + chunk]
+        part = {k: v[chosen][:, None] for k, v in triangles.items() if k != "kept"}
+        edges = _edge_functions(part, px[None], py[None])
+        inside = (edges[0] >= part["bias"][..., 0]) & (edges[1] >= part["bias"][..., 1]) & \
+                 (edges[2] >= part["bias"][..., 2])
+        w = _screen_weights(part["area"], edges)
+        z = part["z01"]
+        z01 = (w[0] * z[..., 0] + w[1] * z[..., 1]) + w[2] * z[..., 2]
+        inside &= (z01 >= 0) & (z01 <= 1)
+        z01 = torch.where(z01 == 0, 0.0, z01)
+        keys = (z01.view(torch.int32).long() << 32) | chosen[:, None]
+        best = torch.minimum(best, torch.where(inside, keys, NO_KEY).amin(dim=0))
+    return best
+
+
+def _interpolate(bary: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """bary (N, 3) and values (N, 3, ...) -> (N, ...), summed left to right like the kernels."""
+    while bary.ndim < values.ndim:
+        bary = bary[..., None]
+    return (bary[:, 0] * values[:, 0] + bary[:, 1] * values[:, 1]) + bary[:, 2] * values[:, 2]
+
+
+def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view, images, triangle_ids, *, channels,
+                           normals=None, attributes=None, barycentrics=None, cull_backfaces=False,
+                           light=(0.0, 0.0, 1.0), ambient=0.0) -> None:
+    """Fill images (B, K, C, H, W), triangle_ids (B, K, H, W) and optionally barycentrics (B, K, 3, H, W) as
+    `_C.render_views` does; the depth channel holds the raw view-space distance."""
+    num_meshes, num_views, _, height, width = images.shape
+    layout, start = {}, 0
+    for name in channels:
+        layout[name] = start
+        start += 3 if name == "normal" else attributes.shape[1] if name == "attributes" else 1
+    images.zero_()
+    triangle_ids.fill_(-1)
+    if barycentrics is not None:
+        barycentrics.zero_()
+    for b in range(num_meshes):
+        vertex_start, vertex_count, face_start, face_count = (int(v) for v in meshes[b])
+        mesh_vertices = slice(vertex_start, vertex_start + vertex_count)
+        mesh_faces = faces[face_start:face_start + face_count]
+        for k in range(num_views):
+            camera = (b if world_to_clip.shape[0] > 1 else 0, k)
+            screen = project_vertices_reference(vertices[mesh_vertices], world_to_clip[camera],
+                                                world_to_view[camera], width, height)
+            triangles = setup_triangles_reference(screen, mesh_faces, cull_backfaces, width, height)
+            keys = depth_test_reference(triangles, height, width)
+            pixels = torch.nonzero(keys != NO_KEY).flatten()
+            ids = keys[pixels] & 0xFFFFFFFF
+            triangle_ids[b, k].view(-1)[pixels] = ids.int()
+            bary = _barycentrics(triangles, screen, mesh_faces, ids, pixels, width)
+            corners = mesh_faces[ids].long() + vertex_start
+            out = images[b, k].view(images.shape[2], -1)
+            if barycentrics is not None:
+                barycentrics[b, k].view(3, -1)[:, pixels] = bary.T
+            _shade(out, layout, pixels, bary, corners, screen["depth"][corners - vertex_start], normals, attributes,
+                   world_to_view[camera], light, ambient)
+
+
+def _barycentrics(triangles, screen, mesh_faces, ids, pixels, width) -> torch.Tensor:
+    part = {k: v[ids] for k, v in triangles.items()}
+    px = pixels % width * SUBPIXEL_SCALE + HALF_PIXEL
+    py = pixels // width * SUBPIXEL_SCALE + HALF_PIXEL
+    w = _screen_weights(part["area"], _edge_functions(part, px, py))
+    inv_w = screen["inv_w"][mesh_faces[ids].long()].gather(1, part["corner"])
+    p = [w[s] * inv_w[:, s] for s in range(3)]
+    total = (p[0] + p[1]) + p[2]
+    return torch.zeros(len(ids), 3, device=inv_w.device).scatter_(1, part["corner"], torch.stack([q / total for q in p], dim=1))
+
+
+def _shade(out, layout, pixels, bary, corners, corner_depth, normals, attributes, world_to_view, light,
+           ambient) -> None:
+    if "depth" in layout:
+        out[layout["depth"], pixels] = _interpolate(bary, corner_depth)
+    if "normal" in layout or "shading" in layout:
+        world = _interpolate(bary, normals[corners])
+        rotation = world_to_view[:3, :3]
+        camera = torch.stack([(r[0] * world[:, 0] + r[1] * world[:, 1]) + r[2] * world[:, 2] for r in rotation], 1)
+        length = torch.sqrt((camera[:, 0] * camera[:, 0] + camera[:, 1] * camera[:, 1]) + camera[:, 2] * camera[:, 2])
+        scale = torch.where(length > 0, torch.ones_like(length) / length, 0.0)
+        camera = camera * scale[:, None]
+        if "normal" in layout:
+            out[layout["normal"]:layout["normal"] + 3, pixels] = camera.T
+        if "shading" in layout:
+            l = torch.tensor(light, dtype=torch.float32)
+            lambert = (camera[:, 0] * l[0] + camera[:, 1] * l[1]) + camera[:, 2] * l[2]
+            a = torch.tensor(ambient, dtype=torch.float32)
+            out[layout["shading"], pixels] = a + (1.0 - a) * lambert.clamp_min(0.0)
+    if "mask" in layout:
+        out[layout["mask"], pixels] = 1.0
+    if "attributes" in layout:
+        start = layout["attributes"]
+        out[start:start + attributes.shape[1], pixels] = _interpolate(bary, attributes[corners]).T

@@ -1,0 +1,196 @@
+#include "raster/raster_binding.h"
+
+#include <optional>
+
+#include "raster/raster.h"
+#include "tensor.h"
+
+namespace py = pybind11;
+
+namespace affectvlm {
+namespace raster {
+namespace {
+
+constexpr int64_t kMaxImageSide = 16384;
+
+// Channel names in the order given; each starts where the previous one ends.
+void plan_channels(const std::vector<std::string>& channels, int num_attributes, RasterParams* p) {
+  int next = 0;
+  auto place = [&](const std::string& name, int* slot, int width) {
+    if (*slot >= 0) throw py::value_error("channels: '" + name + "' is listed twice");
+    *slot = next;
+    next += width;
+  };
+  for (const std::string& name : channels) {
+    if (name == "depth") place(name, &p->depth_channel, 1);
+    else if (name == "normal") place(name, &p->normal_channel, 3);
+    else if (name == "shading") place(name, &p->shading_channel, 1);
+    else if (name == "mask") place(name, &p->mask_channel, 1);
+    else if (name == "attributes") place(name, &p->attribute_channel, num_attributes);
+    else throw py::value_error("channels: unknown channel '" + name +
+                               "'; expected depth, normal, shading, mask or attributes");
+  }
+  p->num_channels = next;
+  p->num_attributes = p->attribute_channel >= 0 ? num_attributes : 0;
+}
+
+std::optional<ArrayView> optional_view(const py::object& obj, const std::string& name) {
+  if (obj.is_none()) return std::nullopt;
+  return ArrayView::from_python(obj, name);
+}
+
+// Every mesh row must address existing vertices and faces, and its faces its own vertices.
+void check_meshes_on_cpu(const ArrayView& meshes, const ArrayView& faces, int64_t num_vertices) {
+  const auto* rows = meshes.data_as<const MeshRange>();
+  const int64_t num_faces = faces.size(0);
+  MeshRange checked{-1, -1, -1, -1};
+  for (int64_t b = 0; b < meshes.size(0); ++b) {
+    const MeshRange& m = rows[b];
+    const std::string mesh = "meshes row " + std::to_string(b);
+    if (m.vertex_start < 0 || m.vertex_count < 1 || m.vertex_count > num_vertices - m.vertex_start) {
+      throw py::value_error(mesh + ": vertices [" + std::to_string(m.vertex_start) + ", +" +
+                            std::to_string(m.vertex_count) + ") must be a non-empty range of the " +
+                            std::to_string(num_vertices) + " vertices");
+    }
+    if (m.face_start < 0 || m.face_count < 1 || m.face_count > num_faces - m.face_start) {
+      throw py::value_error(mesh + ": faces [" + std::to_string(m.face_start) + ", +" +
+                            std::to_string(m.face_count) + ") must be a non-empty range of the " +
+                            std::to_string(num_faces) + " faces");
+    }
+    // Meshes of one topology repeat the same faces and vertex count: check them once.
+    if (m.face_start == checked.face_start && m.face_count == checked.face_count &&
+        m.vertex_count == checked.vertex_count) {
+      continue;
+    }
+    faces.require_values_in_range(0, m.vertex_count, m.face_start * 3, (m.face_start + m.face_count) * 3);
+    checked = m;
+  }
+}
+
+void require_image_shape(const ArrayView& view, int64_t meshes, int64_t views, int64_t channels, int64_t height,
+                         int64_t width) {
+  view.require_ndim(channels < 0 ? 4 : 5).require_size(0, meshes).require_size(1, views);
+  if (channels >= 0) view.require_size(2, channels);
+  view.require_size(-2, height).require_size(-1, width).require_contiguous().require_writable();
+}
+
+}  // namespace
+
+void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::handle meshes_obj,
+                          py::handle world_to_clip_obj, py::handle world_to_view_obj, py::handle images_obj,
+                          py::handle triangle_ids_obj, const std::vector<std::string>& channels,
+                          py::object normals_obj, py::object attributes_obj, py::object barycentrics_obj,
+                          py::object zbuffer_obj, bool cull_backfaces, std::array<float, 3> light, float ambient,
+                          uintptr_t stream) {
+  const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
+  vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous();
+  const Device device = vertices.device();
+  const int64_t num_vertices = vertices.size(0);
+  if (num_vertices == 0) throw py::value_error("vertices is empty");
+
+  const ArrayView faces = ArrayView::from_python(faces_obj, "faces");
+  faces.require_dtype({DType::Int32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(device);
+  if (faces.size(0) == 0) throw py::value_error("faces is empty");
+
+  const ArrayView meshes = ArrayView::from_python(meshes_obj, "meshes");
+  meshes.require_dtype({DType::Int64}).require_ndim(2).require_size(1, 4).require_contiguous().require_device(device);
+  const int64_t num_meshes = meshes.size(0);
+  if (num_meshes == 0) throw py::value_error("meshes is empty: nothing to render");
+
+  const ArrayView world_to_clip = ArrayView::from_python(world_to_clip_obj, "world_to_clip");
+  world_to_clip.require_dtype({DType::Float32}).require_ndim(4).require_size(2, 4).require_size(3, 4)
+      .require_contiguous().require_device(device);
+  const int64_t camera_sets = world_to_clip.size(0);
+  const int64_t num_views = world_to_clip.size(1);
+  if (camera_sets != 1 && camera_sets != num_meshes) {
+    throw py::value_error("world_to_clip must hold cameras for 1 or " + std::to_string(num_meshes) +
+                          " meshes in dimension 0, got " + std::to_string(camera_sets));
+  }
+  if (num_views == 0) throw py::value_error("world_to_clip holds zero views");
+  const ArrayView world_to_view = ArrayView::from_python(world_to_view_obj, "world_to_view");
+  world_to_view.require_dtype({DType::Float32}).require_ndim(4).require_size(0, camera_sets)
+      .require_size(1, num_views).require_size(2, 4).require_size(3, 4).require_contiguous().require_device(device);
+
+  const std::optional<ArrayView> attributes = optional_view(attributes_obj, "attributes");
+  if (attributes) {
+    attributes->require_dtype({DType::Float32}).require_ndim(2).require_size(0, num_vertices).require_contiguous()
+        .require_device(device);
+  }
+  RasterParams p;
+  plan_channels(channels, attributes ? static_cast<int>(attributes->size(1)) : 0, &p);
+  if (p.attribute_channel >= 0 && (!attributes || attributes->size(1) == 0)) {
+    throw py::value_error("channels: 'attributes' needs an attributes array with at least one column");
+  }
+  const std::optional<ArrayView> normals = optional_view(normals_obj, "normals");
+  if (p.normal_channel >= 0 || p.shading_channel >= 0) {
+    if (!normals) throw py::value_error("normals are needed by the normal and shading channels");
+    normals->require_dtype({DType::Float32}).require_ndim(2).require_size(0, num_vertices).require_size(1, 3)
+        .require_contiguous().require_device(device);
+  }
+
+  const ArrayView images = ArrayView::from_python(images_obj, "images");
+  images.require_dtype({DType::Float32}).require_ndim(5).require_device(device);
+  const int64_t height = images.size(3), width = images.size(4);
+  if (height < 1 || width < 1 || height > kMaxImageSide || width > kMaxImageSide) {
+    throw py::value_error("images must be between 1 and " + std::to_string(kMaxImageSide) +
+                          " pixels high and wide, got " + std::to_string(height) + " x " + std::to_string(width));
+  }
+  require_image_shape(images, num_meshes, num_views, p.num_channels, height, width);
+  const ArrayView triangle_ids = ArrayView::from_python(triangle_ids_obj, "triangle_ids");
+  triangle_ids.require_dtype({DType::Int32}).require_device(device);
+  require_image_shape(triangle_ids, num_meshes, num_views, -1, height, width);
+  const std::optional<ArrayView> barycentrics = optional_view(barycentrics_obj, "barycentrics");
+  if (barycentrics) {
+    barycentrics->require_dtype({DType::Float32}).require_device(device);
+    require_image_shape(*barycentrics, num_meshes, num_views, 3, height, width);
+  }
+  const std::optional<ArrayView> zbuffer = optional_view(zbuffer_obj, "zbuffer");
+  if (zbuffer) {
+    zbuffer->require_dtype({DType::Int64}).require_device(device);
+    require_image_shape(*zbuffer, num_meshes, num_views, -1, height, width);
+  }
+
+  p.num_meshes = num_meshes;
+  p.num_views = num_views;
+  p.height = static_cast<int>(height);
+  p.width = static_cast<int>(width);
+  p.face_rows = faces.size(0);
+  p.cameras_per_mesh = camera_sets == num_meshes && num_meshes > 1;
+  p.cull_backfaces = cull_backfaces;
+  for (int a = 0; a < 3; ++a) p.light[a] = light[a];
+  p.ambient = ambient;
+
+  RasterInputs in;
+  in.vertices = vertices.data_as<const float>();
+  in.normals = normals ? normals->data_as<const float>() : nullptr;
+  in.attributes = attributes ? attributes->data_as<const float>() : nullptr;
+  in.faces = faces.data_as<const int32_t>();
+  in.meshes = meshes.data_as<const int64_t>();
+  in.world_to_clip = world_to_clip.data_as<const float>();
+  in.world_to_view = world_to_view.data_as<const float>();
+  RasterOutputs out;
+  out.images = images.data_as<float>();
+  out.triangle_ids = triangle_ids.data_as<int32_t>();
+  out.barycentrics = barycentrics ? barycentrics->data_as<float>() : nullptr;
+  out.zbuffer = zbuffer ? zbuffer->data_as<int64_t>() : nullptr;
+
+  if (device.type == DeviceType::CPU) {
+    check_meshes_on_cpu(meshes, faces, num_vertices);
+    py::gil_scoped_release release;
+    render_views_cpu(p, in, out);
+    return;
+  }
+#ifdef AFFECTVLM_WITH_CUDA
+  // Values on the GPU cannot be read here; affectvlm.ops.raster checks the meshes and faces before calling.
+  if (!zbuffer) throw py::value_error("zbuffer (B, K, H, W) int64 workspace is needed on CUDA");
+  py::gil_scoped_release release;
+  render_views_cuda(p, in, out, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+  throw py::value_error("vertices are on " + device_name(device) +
+                        " but this build of affectvlm has no CUDA kernels; reinstall with nvcc available");
+#endif
+}
+
+}  // namespace raster
+}  // namespace affectvlm

@@ -1,0 +1,22 @@
+// `_C.render_views`: argument checks and CPU/CUDA dispatch for the rasteriser (see raster.h).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <pybind11/pybind11.h>
+
+namespace affectvlm {
+namespace raster {
+
+void render_views_binding(pybind11::handle vertices, pybind11::handle faces, pybind11::handle meshes,
+                          pybind11::handle world_to_clip, pybind11::handle world_to_view, pybind11::handle images,
+                          pybind11::handle triangle_ids, const std::vector<std::string>& channels,
+                          pybind11::object normals, pybind11::object attributes, pybind11::object barycentrics,
+                          pybind11::object zbuffer, bool cull_backfaces, std::array<float, 3> light, float ambient,
+                          uintptr_t stream);
+
+}  // namespace raster
+}  // namespace affectvlm

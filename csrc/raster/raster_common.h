@@ -1,0 +1,259 @@
+// Per-vertex and per-pixel rasterisation math shared by the CPU and CUDA kernels.
+//
+// Both kernels call exactly these functions, and both are compiled without floating-point contraction
+// (-ffp-contract=off, nvcc --fmad=false), so coverage, depth keys and triangle ids agree bit for bit.
+// The pure-PyTorch reference (affectvlm/ops/reference.py) performs the same operations in the same order.
+//
+// Conventions:
+// - Pixel (column i, row j) has its centre at (i + 0.5, j + 0.5); rows go down the image, NDC y goes up.
+// - Screen positions are snapped to fixed point with kSubpixelBits fractional bits, and edge functions are
+//   evaluated exactly in 64-bit integers: a pixel centre on an edge shared by two triangles is covered by
+//   exactly one of them (top-left rule), whatever the floating-point rounding.
+// - A triangle with a vertex behind the camera or in front of the near plane (clip w <= 0 or z < -w), with
+//   a vertex outside the guard band, or with zero area is rejected whole (no clipping). Fragments beyond the
+//   far plane are discarded per pixel.
+// - The depth test keeps the smallest key (float bits of NDC depth in [0, 1]) << 32 | triangle id: the
+//   nearest fragment wins, and among equal depths the lowest triangle id.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "raster/raster.h"
+
+#ifdef __CUDACC__
+#define AFFECTVLM_HD __host__ __device__ __forceinline__
+#else
+#define AFFECTVLM_HD inline
+#endif
+
+namespace affectvlm {
+namespace raster {
+
+constexpr int kSubpixelBits = 8;
+constexpr int64_t kSubpixelScale = int64_t(1) << kSubpixelBits;
+constexpr int64_t kHalfPixel = kSubpixelScale / 2;
+// |screen coordinate| <= 2^21 pixels keeps fixed-point edge products below 2^61.
+constexpr float kGuardBandPixels = 2097152.0f;
+constexpr uint64_t kEmptyKey = ~uint64_t(0);
+
+// One vertex seen by one camera.
+struct ScreenVertex {
+  int64_t x, y;  // position in fixed point (1 / kSubpixelScale pixels)
+  float z01;     // NDC depth mapped to [0, 1] between the near and far planes: the depth-test value
+  float inv_w;   // 1 / clip w, for perspective-correct interpolation
+  float depth;   // distance in front of the camera along its viewing axis (view space -z)
+  bool valid;
+};
+
+// The triangle after orientation is made positive: slot s holds original corner `corner[s]`.
+struct Triangle {
+  int64_t x[3], y[3];
+  int corner[3];
+  int64_t area;            // twice the area in fixed point, > 0
+  int64_t inside_bias[3];  // a pixel is inside edge s when its edge function >= inside_bias[s]
+  int col0, col1, row0, row1;  // pixel bounding box, inclusive, clipped to the image
+};
+
+// row . (x, y, z, 1) of a row-major 4x4 matrix, summed left to right.
+AFFECTVLM_HD float transform_row(const float* row, float x, float y, float z) {
+  return ((row[0] * x + row[1] * y) + row[2] * z) + row[3];
+}
+
+// world_to_clip and world_to_view are row-major 4x4 matrices; the camera looks along view-space -z.
+AFFECTVLM_HD ScreenVertex project_vertex(const float* world_to_clip, const float* world_to_view, const float* p,
+                                         int width, int height) {
+  ScreenVertex s{};
+  const float cx = transform_row(world_to_clip, p[0], p[1], p[2]);
+  const float cy = transform_row(world_to_clip + 4, p[0], p[1], p[2]);
+  const float cz = transform_row(world_to_clip + 8, p[0], p[1], p[2]);
+  const float cw = transform_row(world_to_clip + 12, p[0], p[1], p[2]);
+  s.depth = -transform_row(world_to_view + 8, p[0], p[1], p[2]);
+  s.valid = false;
+  if (!(cw > 0.0f && cz >= -cw)) return s;  // also false for NaN
+  s.inv_w = 1.0f / cw;
+  const float px = ((cx * s.inv_w) * 0.5f + 0.5f) * static_cast<float>(width);
+  const float py = (0.5f - (cy * s.inv_w) * 0.5f) * static_cast<float>(height);
+  s.z01 = (cz * s.inv_w) * 0.5f + 0.5f;
+  if (!(fabsf(px) <= kGuardBandPixels && fabsf(py) <= kGuardBandPixels)) return s;
+  s.x = static_cast<int64_t>(rintf(px * static_cast<float>(kSubpixelScale)));
+  s.y = static_cast<int64_t>(rintf(py * static_cast<float>(kSubpixelScale)));
+  s.valid = true;
+  return s;
+}
+
+AFFECTVLM_HD int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+AFFECTVLM_HD int64_t pixel_centre(int index) { return int64_t(index) * kSubpixelScale + kHalfPixel; }
+
+// Edge function of the edge opposite slot s at a point: >= 0 on the inside for a positive triangle.
+AFFECTVLM_HD int64_t edge_function(const Triangle& t, int s, int64_t px, int64_t py) {
+  const int a = (s + 1) % 3, b = (s + 2) % 3;
+  return (t.x[b] - t.x[a]) * (py - t.y[a]) - (t.y[b] - t.y[a]) * (px - t.x[a]);
+}
+
+// Front faces wind counter-clockwise as seen by the camera, which in y-down pixel space is a negative area.
+AFFECTVLM_HD bool setup_triangle(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2,
+                                 bool cull_backfaces, int width, int height, Triangle* t) {
+  if (!(v0.valid && v1.valid && v2.valid)) return false;
+  const ScreenVertex* v[3] = {&v0, &v1, &v2};
+  int64_t area = (v1.x - v0.x) * (v2.y - v0.y) - (v1.y - v0.y) * (v2.x - v0.x);
+  if (area == 0 || (cull_backfaces && area > 0)) return false;
+  const bool swap = area < 0;
+  for (int s = 0; s < 3; ++s) {
+    const int corner = swap && s > 0 ? 3 - s : s;
+    t->corner[s] = corner;
+    t->x[s] = v[corner]->x;
+    t->y[s] = v[corner]->y;
+  }
+  t->area = swap ? -area : area;
+  for (int s = 0; s < 3; ++s) {
+    const int64_t dx = t->x[(s + 2) % 3] - t->x[(s + 1) % 3];
+    const int64_t dy = t->y[(s + 2) % 3] - t->y[(s + 1) % 3];
+    const bool top_left = dy < 0 || (dy == 0 && dx > 0);
+    t->inside_bias[s] = top_left ? 0 : 1;
+  }
+  const int64_t xmin = t->x[0] < t->x[1] ? (t->x[0] < t->x[2] ? t->x[0] : t->x[2]) : (t->x[1] < t->x[2] ? t->x[1] : t->x[2]);
+  const int64_t xmax = t->x[0] > t->x[1] ? (t->x[0] > t->x[2] ? t->x[0] : t->x[2]) : (t->x[1] > t->x[2] ? t->x[1] : t->x[2]);
+  const int64_t ymin = t->y[0] < t->y[1] ? (t->y[0] < t->y[2] ? t->y[0] : t->y[2]) : (t->y[1] < t->y[2] ? t->y[1] : t->y[2]);
+  const int64_t ymax = t->y[0] > t->y[1] ? (t->y[0] > t->y[2] ? t->y[0] : t->y[2]) : (t->y[1] > t->y[2] ? t->y[1] : t->y[2]);
+  // Pixels whose centres lie within the box: first centre >= min, last centre <= max.
+  const int64_t col0 = -floor_div(-(xmin - kHalfPixel), kSubpixelScale);
+  const int64_t col1 = floor_div(xmax - kHalfPixel, kSubpixelScale);
+  const int64_t row0 = -floor_div(-(ymin - kHalfPixel), kSubpixelScale);
+  const int64_t row1 = floor_div(ymax - kHalfPixel, kSubpixelScale);
+  t->col0 = static_cast<int>(col0 < 0 ? 0 : col0);
+  t->col1 = static_cast<int>(col1 > width - 1 ? width - 1 : col1);
+  t->row0 = static_cast<int>(row0 < 0 ? 0 : row0);
+  t->row1 = static_cast<int>(row1 > height - 1 ? height - 1 : row1);
+  return t->col0 <= t->col1 && t->row0 <= t->row1;
+}
+
+AFFECTVLM_HD bool inside(const Triangle& t, int64_t e0, int64_t e1, int64_t e2) {
+  return e0 >= t.inside_bias[0] && e1 >= t.inside_bias[1] && e2 >= t.inside_bias[2];
+}
+
+// Screen-space barycentric weights of the three slots, from exact edge functions.
+AFFECTVLM_HD void screen_weights(const Triangle& t, int64_t e0, int64_t e1, int64_t e2, float w[3]) {
+  const float inv_area = 1.0f / static_cast<float>(t.area);
+  w[0] = static_cast<float>(e0) * inv_area;
+  w[1] = static_cast<float>(e1) * inv_area;
+  w[2] = static_cast<float>(e2) * inv_area;
+}
+
+// NDC depth is affine in screen space, so screen weights interpolate it exactly.
+AFFECTVLM_HD float fragment_z01(const float w[3], float z0, float z1, float z2) {
+  return (w[0] * z0 + w[1] * z1) + w[2] * z2;
+}
+
+AFFECTVLM_HD uint32_t float_bits(float value) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(value);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+#endif
+}
+
+// The depth-test key, or kEmptyKey when the fragment lies outside [0, 1] (beyond the far plane).
+// A non-negative float's bits order like the float, so the smallest key is the nearest, then lowest id.
+AFFECTVLM_HD uint64_t depth_key(float z01, uint32_t triangle) {
+  if (!(z01 >= 0.0f && z01 <= 1.0f)) return kEmptyKey;
+  if (z01 == 0.0f) z01 = 0.0f;  // -0.0 would sort last
+  return (uint64_t(float_bits(z01)) << 32) | triangle;
+}
+
+AFFECTVLM_HD uint32_t key_triangle(uint64_t key) { return static_cast<uint32_t>(key & 0xffffffffu); }
+
+// Perspective-correct barycentrics of the original corners from screen weights of the slots.
+AFFECTVLM_HD void perspective_barycentrics(const Triangle& t, const float w[3], const float inv_w[3],
+                                           float bary[3]) {
+  const float p0 = w[0] * inv_w[t.corner[0]];
+  const float p1 = w[1] * inv_w[t.corner[1]];
+  const float p2 = w[2] * inv_w[t.corner[2]];
+  const float sum = (p0 + p1) + p2;
+  bary[t.corner[0]] = p0 / sum;
+  bary[t.corner[1]] = p1 / sum;
+  bary[t.corner[2]] = p2 / sum;
+}
+
+AFFECTVLM_HD float interpolate(const float bary[3], float a0, float a1, float a2) {
+  return (bary[0] * a0 + bary[1] * a1) + bary[2] * a2;
+}
+
+AFFECTVLM_HD int64_t camera_index(const RasterParams& p, int64_t mesh, int64_t view) {
+  return (p.cameras_per_mesh ? mesh : 0) * p.num_views + view;
+}
+
+AFFECTVLM_HD void write_background(const RasterParams& p, const RasterOutputs& out, int64_t image,
+                                   int64_t pixel) {
+  const int64_t plane = int64_t(p.height) * p.width;
+  for (int c = 0; c < p.num_channels; ++c) out.images[(image * p.num_channels + c) * plane + pixel] = 0.0f;
+  out.triangle_ids[image * plane + pixel] = -1;
+  if (out.barycentrics) {
+    for (int i = 0; i < 3; ++i) out.barycentrics[(image * 3 + i) * plane + pixel] = 0.0f;
+  }
+}
+
+// Shades pixel `pixel` of image `image`, won by `triangle` of the image's mesh, whose corners are the packed
+// vertices `corner_vertex` seen as `corner_screen`.
+AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out,
+                                 int64_t image, int64_t pixel, uint32_t triangle, const int64_t corner_vertex[3],
+                                 const ScreenVertex corner_screen[3], const float* world_to_view) {
+  Triangle t;
+  if (!setup_triangle(corner_screen[0], corner_screen[1], corner_screen[2], p.cull_backfaces, p.width, p.height,
+                      &t)) {
+    write_background(p, out, image, pixel);  // unreachable: the depth test only keeps set-up triangles
+    return;
+  }
+  const int64_t px = pixel_centre(static_cast<int>(pixel % p.width));
+  const int64_t py = pixel_centre(static_cast<int>(pixel / p.width));
+  float w[3], bary[3];
+  screen_weights(t, edge_function(t, 0, px, py), edge_function(t, 1, px, py), edge_function(t, 2, px, py), w);
+  const float inv_w[3] = {corner_screen[0].inv_w, corner_screen[1].inv_w, corner_screen[2].inv_w};
+  perspective_barycentrics(t, w, inv_w, bary);
+
+  const int64_t plane = int64_t(p.height) * p.width;
+  float* channel = out.images + image * p.num_channels * plane + pixel;
+  if (p.depth_channel >= 0) {
+    channel[p.depth_channel * plane] =
+        interpolate(bary, corner_screen[0].depth, corner_screen[1].depth, corner_screen[2].depth);
+  }
+  if (p.normal_channel >= 0 || p.shading_channel >= 0) {
+    float world[3], normal[3];
+    for (int a = 0; a < 3; ++a) {
+      world[a] = interpolate(bary, in.normals[corner_vertex[0] * 3 + a], in.normals[corner_vertex[1] * 3 + a],
+                             in.normals[corner_vertex[2] * 3 + a]);
+    }
+    for (int a = 0; a < 3; ++a) {
+      normal[a] = (world_to_view[a * 4] * world[0] + world_to_view[a * 4 + 1] * world[1]) +
+                  world_to_view[a * 4 + 2] * world[2];
+    }
+    const float length = sqrtf((normal[0] * normal[0] + normal[1] * normal[1]) + normal[2] * normal[2]);
+    const float scale = length > 0.0f ? 1.0f / length : 0.0f;
+    for (int a = 0; a < 3; ++a) normal[a] *= scale;
+    if (p.normal_channel >= 0) {
+      for (int a = 0; a < 3; ++a) channel[(p.normal_channel + a) * plane] = normal[a];
+    }
+    if (p.shading_channel >= 0) {
+      const float lambert = (normal[0] * p.light[0] + normal[1] * p.light[1]) + normal[2] * p.light[2];
+      channel[p.shading_channel * plane] = p.ambient + (1.0f - p.ambient) * (lambert > 0.0f ? lambert : 0.0f);
+    }
+  }
+  if (p.mask_channel >= 0) channel[p.mask_channel * plane] = 1.0f;
+  for (int a = 0; a < p.num_attributes; ++a) {
+    const int64_t n = p.num_attributes;
+    channel[(p.attribute_channel + a) * plane] =
+        interpolate(bary, in.attributes[corner_vertex[0] * n + a], in.attributes[corner_vertex[1] * n + a],
+                    in.attributes[corner_vertex[2] * n + a]);
+  }
+  out.triangle_ids[image * plane + pixel] = static_cast<int32_t>(triangle);
+  if (out.barycentrics) {
+    for (int i = 0; i < 3; ++i) out.barycentrics[(image * 3 + i) * plane + pixel] = bary[i];
+  }
+}
+
+}  // namespace raster
+}  // namespace affectvlm

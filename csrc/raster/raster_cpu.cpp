@@ -1,0 +1,103 @@
+// CPU kernel: one (mesh, view) image per OpenMP task. Per image the mesh's vertices are projected once, each
+// triangle walks its pixel bounding box with incremental integer edge functions into a z-buffer that stays
+// in the thread's cache, and a resolve pass shades the winning fragments.
+#include <algorithm>
+#include <vector>
+
+#include "raster/raster.h"
+#include "raster/raster_common.h"
+
+namespace affectvlm {
+namespace raster {
+namespace {
+
+// Scratch reused across the images a thread renders.
+struct ImageScratch {
+  std::vector<ScreenVertex> screen;
+  std::vector<uint64_t> zbuffer;
+};
+
+void project_mesh(const RasterParams& p, const RasterInputs& in, const MeshRange& mesh, const float* clip,
+                  const float* view, std::vector<ScreenVertex>& screen) {
+  screen.resize(static_cast<size_t>(mesh.vertex_count));
+  const float* vertices = in.vertices + mesh.vertex_start * 3;
+  for (int64_t v = 0; v < mesh.vertex_count; ++v) {
+    screen[v] = project_vertex(clip, view, vertices + v * 3, p.width, p.height);
+  }
+}
+
+void rasterize_triangle(const RasterParams& p, const Triangle& t, const float z[3], uint32_t triangle,
+                        uint64_t* zbuffer) {
+  // Edge s changes by step_x[s] per pixel to the right.
+  int64_t step_x[3];
+  for (int s = 0; s < 3; ++s) step_x[s] = -(t.y[(s + 2) % 3] - t.y[(s + 1) % 3]) * kSubpixelScale;
+  const int64_t x0 = pixel_centre(t.col0);
+  for (int row = t.row0; row <= t.row1; ++row) {
+    const int64_t y = pixel_centre(row);
+    int64_t e0 = edge_function(t, 0, x0, y), e1 = edge_function(t, 1, x0, y), e2 = edge_function(t, 2, x0, y);
+    uint64_t* line = zbuffer + int64_t(row) * p.width;
+    for (int col = t.col0; col <= t.col1; ++col, e0 += step_x[0], e1 += step_x[1], e2 += step_x[2]) {
+      if (!inside(t, e0, e1, e2)) continue;
+      float w[3];
+      screen_weights(t, e0, e1, e2, w);
+      const uint64_t key = depth_key(fragment_z01(w, z[0], z[1], z[2]), triangle);
+      line[col] = std::min(line[col], key);
+    }
+  }
+}
+
+void render_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
+                  ImageScratch& scratch) {
+  const int64_t mesh_index = image / p.num_views;
+  const MeshRange mesh = reinterpret_cast<const MeshRange*>(in.meshes)[mesh_index];
+  const int64_t camera = camera_index(p, mesh_index, image % p.num_views);
+  const float* clip = in.world_to_clip + camera * 16;
+  const float* view = in.world_to_view + camera * 16;
+  project_mesh(p, in, mesh, clip, view, scratch.screen);
+
+  const int64_t plane = int64_t(p.height) * p.width;
+  scratch.zbuffer.assign(static_cast<size_t>(plane), kEmptyKey);
+  const int32_t* faces = in.faces + mesh.face_start * 3;
+  for (int64_t f = 0; f < mesh.face_count; ++f) {
+    const ScreenVertex& a = scratch.screen[faces[f * 3]];
+    const ScreenVertex& b = scratch.screen[faces[f * 3 + 1]];
+    const ScreenVertex& c = scratch.screen[faces[f * 3 + 2]];
+    Triangle t;
+    if (!setup_triangle(a, b, c, p.cull_backfaces, p.width, p.height, &t)) continue;
+    const ScreenVertex* corners[3] = {&a, &b, &c};
+    const float z[3] = {corners[t.corner[0]]->z01, corners[t.corner[1]]->z01, corners[t.corner[2]]->z01};
+    rasterize_triangle(p, t, z, static_cast<uint32_t>(f), scratch.zbuffer.data());
+  }
+
+  for (int64_t pixel = 0; pixel < plane; ++pixel) {
+    const uint64_t key = scratch.zbuffer[pixel];
+    if (key == kEmptyKey) {
+      write_background(p, out, image, pixel);
+      continue;
+    }
+    const uint32_t triangle = key_triangle(key);
+    int64_t corner_vertex[3];
+    ScreenVertex corner_screen[3];
+    for (int i = 0; i < 3; ++i) {
+      const int32_t local = faces[int64_t(triangle) * 3 + i];
+      corner_vertex[i] = mesh.vertex_start + local;
+      corner_screen[i] = scratch.screen[local];
+    }
+    write_fragment(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, view);
+  }
+}
+
+}  // namespace
+
+void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs) {
+  const int64_t images = params.num_meshes * params.num_views;
+#pragma omp parallel
+  {
+    ImageScratch scratch;
+#pragma omp for schedule(dynamic)
+    for (int64_t image = 0; image < images; ++image) render_image(params, inputs, outputs, image, scratch);
+  }
+}
+
+}  // namespace raster
+}  // namespace affectvlm
