@@ -155,10 +155,11 @@ def _check_attributes(attributes, batch: MeshBatch) -> torch.Tensor:
 
 
 def _image_size(image_size) -> tuple[int, int]:
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if not (isinstance(height, int) and isinstance(width, int) and height >= 1 and width >= 1):
+    sides = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if not (isinstance(sides, (tuple, list)) and len(sides) == 2
+            and all(isinstance(side, int) and side >= 1 for side in sides)):
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
-    return height, width
+    return tuple(sides)
 
 
 def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:

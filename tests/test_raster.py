@@ -1,0 +1,367 @@
+"""The rasteriser: C++ kernel against the PyTorch reference, analytic scenes, fill rule, layouts, bad input.
+
+CUDA tests (marked `cuda`) hold the CUDA kernel to the CPU kernel and the reference; they skip without a GPU.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from raster_scenes import (flat_cube, frontal_orthographic, grid_square, icosphere, random_cameras,
+                           random_mesh)
+
+from affectvlm._ext import extension
+from affectvlm.geometry.cameras import Cameras, look_at, orbit_cameras, perspective, view_cameras
+from affectvlm.ops.raster import pack_meshes, render_views, vertex_normals
+
+ALL_CHANNELS = ("depth", "normal", "shading", "mask", "attributes")
+
+
+def render_both(vertices, faces, cameras, size, **options):
+    """The same call through the C++ kernel and the reference: (images, fragments) of each."""
+    common = dict(channels=ALL_CHANNELS, return_fragments=True, return_barycentrics=True, **options)
+    return (render_views(vertices, faces, cameras, size, backend="kernel", **common),
+            render_views(vertices, faces, cameras, size, backend="reference", **common))
+
+
+def assert_same_render(kernel, reference):
+    (images, fragments), (ref_images, ref_fragments) = kernel, reference
+    assert torch.equal(fragments.triangle_ids, ref_fragments.triangle_ids)
+    torch.testing.assert_close(images, ref_images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fragments.barycentrics, ref_fragments.barycentrics, rtol=0, atol=1e-5)
+
+
+def raw_kernel_render(vertices, faces, cameras, size, channels, fill=float("nan"), **options):
+    """`_C.render_views` on outputs prefilled with `fill` / a sentinel id, so unwritten elements show."""
+    batch = pack_meshes(vertices, faces)
+    clip, view = cameras.world_to_clip.float().contiguous(), cameras.world_to_view.float().contiguous()
+    num_channels = sum(3 if c == "normal" else 1 for c in channels)
+    shape = (batch.num_meshes, cameras.num_views)
+    images = torch.full((*shape, num_channels, size, size), fill)
+    ids = torch.full((*shape, size, size), -7, dtype=torch.int32)
+    bary = torch.full((*shape, 3, size, size), fill)
+    normals = vertex_normals(batch)
+    extension().render_views(batch.vertices, batch.faces, batch.meshes, clip, view, images, ids, channels=channels,
+                             normals=normals, barycentrics=bary, **options)
+    return images, ids, bary
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kernel_matches_reference_on_random_scenes(seed):
+    rng = np.random.default_rng(seed)
+    vertices, faces = random_mesh(rng, int(rng.integers(20, 120)), int(rng.integers(50, 300)))
+    attributes = torch.from_numpy(rng.standard_normal((len(vertices), 2))).float()
+    cameras = random_cameras(rng, num_views=int(rng.integers(1, 4)))
+    size = int(rng.integers(24, 49))
+    kernel, reference = render_both(vertices, faces, cameras, size, attributes=attributes,
+                                    cull_backfaces=bool(seed % 2), light=tuple(rng.standard_normal(3)),
+                                    ambient=float(rng.uniform(0, 0.5)))
+    assert (kernel[1].triangle_ids >= 0).any()
+    assert_same_render(kernel, reference)
+
+
+def test_kernel_matches_reference_on_a_generated_face():
+    from affectvlm.data.procedural_face import ProceduralFaceModel
+    from affectvlm.geometry import Mesh, normalise
+
+    model = ProceduralFaceModel()
+    rig = model.rig(model.random_identity(np.random.default_rng(1)))
+    mesh = normalise(Mesh(rig.pose({}).astype(np.float32), model.faces))
+    keep = np.random.default_rng(2).permutation(len(mesh.faces))[:1500]  # the reference is slow on 21k faces
+    kernel, reference = render_both(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces[keep]),
+                                    view_cameras(), 40, attributes=torch.from_numpy(mesh.vertices))
+    assert_same_render(kernel, reference)
+
+
+def test_every_output_element_is_written():
+    rng = np.random.default_rng(5)
+    vertices, faces = random_mesh(rng, 50, 200)
+    images, ids, bary = raw_kernel_render(vertices, faces, random_cameras(rng, 3), 37,
+                                          ["depth", "normal", "shading", "mask"])
+    assert not images.isnan().any() and not bary.isnan().any()
+    assert not (ids == -7).any()
+    assert (ids >= 0).any() and (ids == -1).any()
+
+
+def test_plane_at_a_known_distance():
+    square = torch.tensor([[-5.0, -5, 0], [5, -5, 0], [5, 5, 0], [-5, 5, 0]]), torch.tensor([[0, 1, 2], [0, 2, 3]])
+    for distance in (1.7, 2.5, 4.0):
+        cameras = orbit_cameras([(0.0, 0.0)], distance=distance, fov_degrees=50)
+        images, ids, _ = raw_kernel_render(*square, cameras, 32, ["depth", "mask"])
+        assert (ids >= 0).all()
+        torch.testing.assert_close(images[0, 0, 0], torch.full((32, 32), distance), rtol=1e-6, atol=0)
+
+
+def test_sphere_depth_is_analytic():
+    size, half_height, distance = 64, 1.25, 3.0
+    images, ids, _ = raw_kernel_render(*icosphere(5), frontal_orthographic(half_height, distance), size,
+                                       ["depth", "mask"])
+    centres = (torch.arange(size) + 0.5) / size * 2 - 1
+    x = centres[None, :] * half_height
+    y = -centres[:, None] * half_height
+    radius = torch.sqrt(x**2 + y**2)
+    inside, outside = radius < 0.98, radius > 1.0
+    expected = distance - torch.sqrt((1 - radius**2).clamp_min(0))
+    assert (ids[0, 0][inside] >= 0).all() and (ids[0, 0][outside] == -1).all()
+    # An icosphere of 5 subdivisions lies within 0.1% of the sphere.
+    torch.testing.assert_close(images[0, 0, 0][inside], expected[inside], rtol=0, atol=2e-3)
+
+
+def test_cube_normals_are_its_side_normals_in_camera_space():
+    vertices, faces, side_normals = flat_cube()
+    view = look_at((2.0, 1.5, 2.5))
+    cameras = Cameras(view[None, None].float(), perspective(40)[None, None].float())
+    images, fragments = render_views(vertices, faces, cameras, 48, channels=("normal",), return_fragments=True)
+    ids = fragments.triangle_ids[0, 0]
+    expected = torch.from_numpy(side_normals).float() @ view[:3, :3].float().T
+    covered = ids >= 0
+    torch.testing.assert_close(images[0, 0].permute(1, 2, 0)[covered], expected[ids[covered].long()],
+                               rtol=0, atol=1e-5)
+    seen_sides = set((ids[covered] // 2).tolist())
+    assert seen_sides == {1, 3, 5}  # +x, +y, +z face the camera; their 6 triangles and no others
+    assert (images[0, 0, 2][covered] > 0).all()  # camera-space normals point towards the camera
+
+
+def test_perspective_correct_interpolation():
+    tilt = math.radians(50)
+    rotation = torch.tensor([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)], [0, math.sin(tilt), math.cos(tilt)]])
+    vertices = torch.tensor([[-1.0, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]]) @ rotation.T
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    fov, distance, size = 60.0, 2.5, 48
+    cameras = orbit_cameras([(0.0, 0.0)], distance=distance, fov_degrees=fov)
+    images, fragments = render_views(vertices, faces, cameras, size, channels=("attributes",), attributes=vertices,
+                                     return_fragments=True)
+    # The ray through each pixel centre meets the plane where the interpolated world position says.
+    ndc = (torch.arange(size) + 0.5) / size * 2 - 1
+    focal = 1 / math.tan(math.radians(fov) / 2)
+    direction = torch.stack(torch.broadcast_tensors(ndc[None, :] / focal, -ndc[:, None] / focal,
+                                                    torch.tensor(-1.0)), dim=-1)
+    eye = torch.tensor([0.0, 0.0, distance])
+    normal = rotation[:, 2]
+    hit = eye + (-(normal @ eye) / (direction @ normal))[..., None] * direction
+    covered = fragments.triangle_ids[0, 0] >= 0
+    assert covered.sum() > size * size / 4
+    torch.testing.assert_close(images[0, 0].permute(1, 2, 0)[covered], hit[covered], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("flip_some", [False, True])
+@pytest.mark.parametrize("jitter", [0.0, 0.3])
+def test_tessellated_square_covers_each_inside_pixel_exactly_once(jitter, flip_some):
+    rng = np.random.default_rng(11)
+    size, half_size = 32, 0.75
+    vertices, faces = grid_square(8, half_size, jitter, rng, flip_some)
+    # Unjittered, the grid lines run through pixel centres: every tie goes through the fill rule.
+    cameras = frontal_orthographic(half_height=1.0)
+    one_mesh_per_triangle = ([vertices] * len(faces), [f[None] for f in faces])
+    _, ids, _ = raw_kernel_render(*one_mesh_per_triangle, cameras, size, ["mask"])
+    coverage = (ids[:, 0] >= 0).sum(dim=0)
+    centres = (torch.arange(size) + 0.5) / size * 2 - 1
+    inside = (centres[None, :].abs() < half_size) & (centres[:, None].abs() < half_size)
+    assert (coverage[inside] == 1).all()
+    assert (coverage[~inside] <= 1).all()
+    reference = render_views(*one_mesh_per_triangle, cameras, size, channels=("mask",), backend="reference")
+    assert torch.equal((reference[:, 0, 0] > 0).sum(dim=0), coverage)
+
+
+def test_coincident_triangles_resolve_to_the_lowest_id():
+    rng = np.random.default_rng(3)
+    vertices, faces = random_mesh(rng, 30, 40)
+    doubled = torch.cat([faces, faces])
+    _, ids, _ = raw_kernel_render(vertices, doubled, random_cameras(rng, 2), 32, ["mask"])
+    assert (ids < len(faces)).all() and (ids >= 0).any()
+
+
+def test_backface_culling_keeps_counter_clockwise_triangles():
+    front = torch.tensor([[-1.0, -1, 0], [1, -1, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+    back = front[0], torch.tensor([[0, 2, 1]])
+    cameras = frontal_orthographic(1.5)
+    for (vertices, faces), drawn in ((front, True), (back, False)):
+        images = render_views(vertices, faces, cameras, 16, channels=("mask",), cull_backfaces=True)
+        assert bool(images.any()) == drawn
+        assert render_views(vertices, faces, cameras, 16, channels=("mask",)).any()
+
+
+def test_triangles_crossing_the_near_plane_are_rejected():
+    cameras = orbit_cameras([(0.0, 0.0)], distance=3.0, near=1.0)
+    in_front = torch.tensor([[-1.0, -1, 0], [1, -1, 0], [0, 1, 0]])
+    crossing = torch.tensor([[-1.0, -1, 0], [1, -1, 0], [0, 0.2, 2.5]])  # apex 0.5 from the eye, inside near
+    faces = torch.tensor([[0, 1, 2]])
+    assert render_views(in_front, faces, cameras, 16, channels=("mask",)).any()
+    for backend in ("kernel", "reference"):
+        assert not render_views(crossing, faces, cameras, 16, channels=("mask",), backend=backend).any()
+
+
+def test_shared_topology_and_packed_batches_equal_per_mesh_renders():
+    rng = np.random.default_rng(8)
+    _, faces = random_mesh(rng, 40, 120)
+    frames = torch.from_numpy(rng.standard_normal((4, 40, 3)) * 0.5).float()
+    cameras = view_cameras(["frontal", "left", "right", "up"])
+    batched = render_views(frames, faces, cameras, 32, channels=ALL_CHANNELS, attributes=frames)
+    for b in range(4):
+        single = render_views(frames[b], faces, cameras, 32, channels=ALL_CHANNELS, attributes=frames[b])
+        assert torch.equal(batched[b], single[0])
+
+    meshes = [random_mesh(rng, int(n), int(2 * n)) for n in (10, 60, 25)]
+    per_mesh_cameras = random_cameras(rng, num_views=2, sets=3)
+    packed = render_views([m[0] for m in meshes], [m[1] for m in meshes], per_mesh_cameras, 32,
+                          channels=ALL_CHANNELS, attributes=[m[0] for m in meshes])
+    for b, (vertices, faces) in enumerate(meshes):
+        own = Cameras(per_mesh_cameras.world_to_view[b:b + 1], per_mesh_cameras.projection[b:b + 1])
+        single = render_views(vertices, faces, own, 32, channels=ALL_CHANNELS, attributes=vertices)
+        assert torch.equal(packed[b], single[0])
+
+
+def test_depth_is_normalised_per_view_over_the_mask():
+    images = render_views(*icosphere(3), view_cameras(), 32, channels=("depth", "mask"))
+    depth, mask = images[:, :, 0], images[:, :, 1] > 0
+    for k in range(3):
+        assert depth[0, k][mask[0, k]].max() == 1.0 and depth[0, k][mask[0, k]].min() == 0.0
+        assert (depth[0, k][~mask[0, k]] == 0).all()
+
+
+def test_reference_fallback_renders_where_asked():
+    rng = np.random.default_rng(4)
+    vertices, faces = random_mesh(rng, 30, 60)
+    cameras = random_cameras(rng, 2)
+    kernel = render_views(vertices, faces, cameras, 24, backend="auto")
+    reference = render_views(vertices, faces, cameras, 24, backend="reference")
+    torch.testing.assert_close(kernel, reference, rtol=0, atol=1e-5)
+
+
+def _triangle():
+    return torch.tensor([[-1.0, -1, 0], [1, -1, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda v, f, c: (v, f + 5, c), ValueError, "faces index vertex 7 but the mesh has 3 vertices"),
+    (lambda v, f, c: (v, f - 1, c), ValueError, "faces hold a negative vertex index"),
+    (lambda v, f, c: (v.index_fill(0, torch.tensor([1]), float("nan")), f, c), ValueError, "vertices contain NaN"),
+    (lambda v, f, c: (v[:0], f, c), ValueError, "vertices must have shape"),
+    (lambda v, f, c: (v, f[:0], c), ValueError, "faces must have shape (F, 3) with F >= 1"),
+    (lambda v, f, c: (v[:, :2], f, c), ValueError, "vertices must have shape"),
+    (lambda v, f, c: (v.int(), f, c), TypeError, "vertices must be floating point"),
+    (lambda v, f, c: (v, f.float(), c), TypeError, "faces must hold integer indices"),
+    (lambda v, f, c: (v, f[:, :2], c), ValueError, "faces must have shape (F, 3)"),
+    (lambda v, f, c: ([v, v], [f], c), ValueError, "same length"),
+    (lambda v, f, c: (v.expand(2, 3, 3), f, Cameras(c.world_to_view.expand(3, 1, 4, 4),
+                                                    c.projection.expand(3, 1, 4, 4))), ValueError, "expected 1 or"),
+    (lambda v, f, c: (v, f, "frontal"), TypeError, "cameras must be"),
+])
+def test_bad_input_raises_a_clear_error(change, error, message):
+    vertices, faces, cameras = change(*_triangle(), frontal_orthographic())
+    for backend in ("kernel", "reference"):
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            render_views(vertices, faces, cameras, 16, backend=backend)
+
+
+def test_bad_options_raise_a_clear_error():
+    vertices, faces = _triangle()
+    cameras = frontal_orthographic()
+    for options, message in [({"channels": ("depth", "colour")}, "unknown channel 'colour'"),
+                             ({"channels": ("mask", "mask")}, "listed twice"),
+                             ({"channels": ("attributes",)}, "needs attributes="),
+                             ({"attributes": torch.zeros(2, 1)}, "for each of the 3 vertices"),
+                             ({"light": (0, 0, 0)}, "light must be"),
+                             ({"backend": "gpu"}, "unknown backend")]:
+        with pytest.raises(ValueError, match=message):
+            render_views(vertices, faces, cameras, 16, **options)
+    for size in (0, (16, -1), 2.5):
+        with pytest.raises(ValueError, match="image_size"):
+            render_views(vertices, faces, cameras, size)
+    with pytest.raises(ValueError, match="zero views"):
+        view_cameras([])
+    with pytest.raises(ValueError, match="zero views"):
+        Cameras(torch.zeros(1, 0, 4, 4), torch.zeros(1, 0, 4, 4))
+
+
+def _direct_arguments():
+    vertices, faces = _triangle()
+    batch = pack_meshes(vertices, faces)
+    cameras = frontal_orthographic()
+    return dict(vertices=batch.vertices, faces=batch.faces, meshes=batch.meshes,
+                world_to_clip=cameras.world_to_clip.float(), world_to_view=cameras.world_to_view.float(),
+                images=torch.zeros(1, 1, 1, 8, 8), triangle_ids=torch.zeros(1, 1, 8, 8, dtype=torch.int32),
+                channels=["mask"])
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("faces", torch.tensor([[0, 1, 3]], dtype=torch.int32), r"faces must hold values in \[0, 3\), got 3"),
+    ("faces", torch.tensor([[0, -1, 2]], dtype=torch.int32), r"faces must hold values in \[0, 3\), got -1"),
+    ("faces", torch.tensor([[0, 1, 2]], dtype=torch.int64), "faces must have dtype int32"),
+    ("meshes", torch.tensor([[0, 4, 0, 1]]), "meshes row 0: vertices"),
+    ("meshes", torch.tensor([[0, 3, 1, 1]]), "meshes row 0: faces"),
+    ("meshes", torch.tensor([[-1, 3, 0, 1]]), "meshes row 0: vertices"),
+    ("meshes", torch.zeros(0, 4, dtype=torch.int64), "meshes is empty"),
+    ("vertices", torch.zeros(0, 3), "vertices is empty"),
+    ("vertices", torch.zeros(3, 3, dtype=torch.float64), "vertices must have dtype float32"),
+    ("world_to_clip", torch.zeros(1, 0, 4, 4), "zero views"),
+    ("world_to_clip", torch.zeros(2, 1, 4, 4), "cameras for 1 or 1 meshes"),
+    ("world_to_view", torch.zeros(1, 2, 4, 4), "world_to_view must have size 1 in dimension 1"),
+    ("images", torch.zeros(1, 1, 2, 8, 8), "images must have size 1 in dimension 2"),
+    ("images", torch.zeros(1, 1, 1, 8, 16)[..., ::2], "images must be contiguous"),
+    ("triangle_ids", torch.zeros(1, 1, 8, 8), "triangle_ids must have dtype int32"),
+    ("channels", ["mask", "normal"], "normals are needed"),
+    ("channels", ["sparkle"], "unknown channel 'sparkle'"),
+])
+def test_extension_rejects_bad_arguments_without_touching_memory(name, value, message):
+    arguments = _direct_arguments()
+    arguments[name] = value
+    with pytest.raises((ValueError, TypeError), match=message):
+        extension().render_views(**arguments)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_kernel_matches_cpu_kernel_and_reference(seed):
+    rng = np.random.default_rng(100 + seed)
+    meshes = [random_mesh(rng, int(rng.integers(20, 200)), int(rng.integers(50, 600))) for _ in range(3)]
+    cameras = random_cameras(rng, num_views=3, sets=3 if seed % 2 else 1)
+    options = dict(channels=ALL_CHANNELS, return_fragments=True, return_barycentrics=True,
+                   cull_backfaces=bool(seed % 3 == 0), attributes=[m[0] for m in meshes])
+    size = int(rng.integers(24, 64))
+    cpu = render_views([m[0] for m in meshes], [m[1] for m in meshes], cameras, size, **options)
+    cuda_options = {**options, "attributes": [m[0].cuda() for m in meshes]}
+    gpu = render_views([m[0].cuda() for m in meshes], [m[1].cuda() for m in meshes], cameras.to("cuda"), size,
+                       **cuda_options)
+    assert torch.equal(gpu[1].triangle_ids.cpu(), cpu[1].triangle_ids)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(gpu[1].barycentrics.cpu(), cpu[1].barycentrics, rtol=0, atol=1e-5)
+    reference = render_views([m[0] for m in meshes], [m[1] for m in meshes], cameras, size, backend="reference",
+                             **options)
+    assert torch.equal(gpu[1].triangle_ids.cpu(), reference[1].triangle_ids)
+
+
+@pytest.mark.cuda
+def test_cuda_shared_topology_and_large_triangles_match_cpu():
+    rng = np.random.default_rng(7)
+    _, faces = random_mesh(rng, 300, 2000)
+    frames = torch.from_numpy(rng.standard_normal((5, 300, 3)) * 0.5).float()
+    cameras = view_cameras()
+    cpu = render_views(frames, faces, cameras, 96, return_fragments=True)
+    gpu = render_views(frames.cuda(), faces.cuda(), cameras, 96, return_fragments=True)
+    assert torch.equal(gpu[1].triangle_ids.cpu(), cpu[1].triangle_ids)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=0, atol=1e-5)
+    cube_cpu = render_views(*flat_cube()[:2], view_cameras(), 128, return_fragments=True)
+    cube_gpu = render_views(*(t.cuda() for t in flat_cube()[:2]), view_cameras(), 128, return_fragments=True)
+    assert torch.equal(cube_gpu[1].triangle_ids.cpu(), cube_cpu[1].triangle_ids)
+
+
+@pytest.mark.cuda
+def test_cuda_writes_every_output_element_and_checks_faces():
+    rng = np.random.default_rng(9)
+    vertices, faces = random_mesh(rng, 50, 200)
+    batch = pack_meshes(vertices.cuda(), faces.cuda())
+    cameras = random_cameras(rng, 3).to("cuda")
+    images = torch.full((1, 3, 6, 40, 40), float("nan"), device="cuda")
+    ids = torch.full((1, 3, 40, 40), -7, dtype=torch.int32, device="cuda")
+    bary = torch.full((1, 3, 3, 40, 40), float("nan"), device="cuda")
+    zbuffer = torch.empty((1, 3, 40, 40), dtype=torch.int64, device="cuda")
+    extension().render_views(batch.vertices, batch.faces, batch.meshes, cameras.world_to_clip.float().contiguous(),
+                             cameras.world_to_view.float().contiguous(), images, ids,
+                             channels=["depth", "normal", "shading", "mask"], normals=vertex_normals(batch),
+                             barycentrics=bary, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert not images.isnan().any() and not bary.isnan().any() and not (ids == -7).any()
+    with pytest.raises(ValueError, match="faces index vertex 50"):
+        render_views(vertices.cuda(), torch.cat([faces, torch.tensor([[0, 1, 50]])]).cuda(), view_cameras(), 16)
