@@ -88,7 +88,7 @@ def test_plane_at_a_known_distance():
     square = torch.tensor([[-5.0, -5, 0], [5, -5, 0], [5, 5, 0], [-5, 5, 0]]), torch.tensor([[0, 1, 2], [0, 2, 3]])
     for distance in (1.7, 2.5, 4.0):
         cameras = orbit_cameras([(0.0, 0.0)], distance=distance, fov_degrees=50)
-        images, ids, _ = raw_kernel_render(*square, cameras, 32, ["depth", "mask"])
+        images, ids, _ = raw_kernel_render(*square, cameras, 32, ["depth", "mask"], normalise_depth=False)
         assert (ids >= 0).all()
         torch.testing.assert_close(images[0, 0, 0], torch.full((32, 32), distance), rtol=1e-6, atol=0)
 
@@ -96,7 +96,7 @@ def test_plane_at_a_known_distance():
 def test_sphere_depth_is_analytic():
     size, half_height, distance = 64, 1.25, 3.0
     images, ids, _ = raw_kernel_render(*icosphere(5), frontal_orthographic(half_height, distance), size,
-                                       ["depth", "mask"])
+                                       ["depth", "mask"], normalise_depth=False)
     centres = (torch.arange(size) + 0.5) / size * 2 - 1
     x = centres[None, :] * half_height
     y = -centres[:, None] * half_height
@@ -212,12 +212,32 @@ def test_shared_topology_and_packed_batches_equal_per_mesh_renders():
         assert torch.equal(packed[b], single[0])
 
 
-def test_depth_is_normalised_per_view_over_the_mask():
-    images = render_views(*icosphere(3), view_cameras(), 32, channels=("depth", "mask"))
-    depth, mask = images[:, :, 0], images[:, :, 1] > 0
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+def test_depth_is_normalised_per_view_over_the_mask(backend):
+    sphere, cameras = icosphere(3), view_cameras()
+    images = render_views(*sphere, cameras, 32, channels=("depth", "mask"), backend=backend)
+    distance = render_views(*sphere, cameras, 32, channels=("depth",), normalise_depth=False, backend=backend)
+    depth, mask = images[0, :, 0], images[0, :, 1] > 0
     for k in range(3):
-        assert depth[0, k][mask[0, k]].max() == 1.0 and depth[0, k][mask[0, k]].min() == 0.0
-        assert (depth[0, k][~mask[0, k]] == 0).all()
+        covered = distance[0, k, 0][mask[k]]
+        expected = (covered.max() - covered) / (covered.max() - covered.min())
+        torch.testing.assert_close(depth[k][mask[k]], expected, rtol=0, atol=1e-6)
+        assert depth[k][mask[k]].max() == 1.0 and depth[k][mask[k]].min() == 0.0
+        assert (depth[k][~mask[k]] == 0).all()
+
+
+def test_depth_of_a_tilted_plane_falls_linearly_and_a_facing_plane_is_flat():
+    tilt = math.radians(30)
+    plane = torch.tensor([[-3.0, -3, 0], [3, -3, 0], [3, 3, 0], [-3, 3, 0]]), torch.tensor([[0, 1, 2], [0, 2, 3]])
+    tilted = plane[0] @ torch.tensor([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)],
+                                      [0, math.sin(tilt), math.cos(tilt)]]).T
+    cameras = frontal_orthographic(1.0)
+    depth = render_views(tilted, plane[1], cameras, 16, channels=("depth",))[0, 0, 0]
+    # The top of the plane leans towards the camera: row 0 is nearest (1), the last row farthest (0).
+    expected = (1 - torch.arange(16) / 15.0)[:, None].expand(16, 16)
+    torch.testing.assert_close(depth, expected, rtol=0, atol=1e-5)
+    facing = render_views(*plane, orbit_cameras([(0.0, 0.0)], distance=2.5), 16, channels=("depth",))
+    assert (facing == 1).all()
 
 
 def test_reference_fallback_renders_where_asked():
@@ -365,3 +385,12 @@ def test_cuda_writes_every_output_element_and_checks_faces():
     assert not images.isnan().any() and not bary.isnan().any() and not (ids == -7).any()
     with pytest.raises(ValueError, match="faces index vertex 50"):
         render_views(vertices.cuda(), torch.cat([faces, torch.tensor([[0, 1, 50]])]).cuda(), view_cameras(), 16)
+
+
+def test_extension_drops_non_finite_vertices_without_reading_them_as_positions():
+    arguments = _direct_arguments()
+    arguments["vertices"] = arguments["vertices"].clone()
+    arguments["vertices"][1] = float("nan")
+    arguments["images"] = torch.full((1, 1, 1, 8, 8), -1.0)
+    extension().render_views(**arguments)
+    assert (arguments["images"] == 0).all() and (arguments["triangle_ids"] == -1).all()

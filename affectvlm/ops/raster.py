@@ -5,8 +5,9 @@ extension is missing the pure-PyTorch reference (`affectvlm.ops.reference`) rend
 depth and fill conventions are documented in csrc/raster/raster_common.h and the README's Rendering section.
 
 Channels, in the order asked for:
-- "depth" (1): distance from the camera, normalised per view over the covered pixels: nearest 1, farthest 0
-  (1 everywhere when the view is flat), background 0;
+- "depth" (1): distance from the camera along its axis, normalised per view over the covered pixels:
+  nearest 1, farthest 0 (1 everywhere when the view is flat), background 0; the distance itself with
+  normalise_depth=False;
 - "normal" (3): unit normal in camera space (+z towards the camera), interpolated from vertex normals;
 - "shading" (1): Lambertian, ambient + (1 - ambient) * max(0, normal . light), light in camera space;
 - "mask" (1): 1 where the mesh covers the pixel;
@@ -187,16 +188,6 @@ def _camera_matrices(cameras: Cameras, batch: MeshBatch) -> tuple[torch.Tensor, 
             cameras.world_to_view.float().to(device).contiguous())
 
 
-def _normalise_depth(images: torch.Tensor, triangle_ids: torch.Tensor, depth: slice) -> None:
-    distance = images[:, :, depth.start]
-    covered = triangle_ids >= 0
-    nearest = torch.where(covered, distance, torch.inf).amin(dim=(-2, -1), keepdim=True)
-    farthest = torch.where(covered, distance, -torch.inf).amax(dim=(-2, -1), keepdim=True)
-    span = farthest - nearest
-    relative = torch.where(span > 0, (farthest - distance) / span, torch.ones_like(distance))
-    images[:, :, depth.start] = torch.where(covered, relative, torch.zeros_like(distance))
-
-
 def _use_kernel(backend: str, device: torch.device) -> bool:
     from affectvlm._ext import IMPORT_ERROR, cuda_status
 
@@ -212,7 +203,8 @@ def _use_kernel(backend: str, device: torch.device) -> bool:
 
 
 def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
-                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, cull_backfaces: bool = False,
+                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, normalise_depth: bool = True,
+                 cull_backfaces: bool = False,
                  return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
     """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
 
@@ -244,7 +236,7 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
     barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
     arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
-                     cull_backfaces=cull_backfaces, light=light, ambient=float(ambient))
+                     normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light, ambient=float(ambient))
     if _use_kernel(backend, device):
         _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
     else:
@@ -252,8 +244,6 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
 
         render_views_reference(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
                                triangle_ids, **arguments)
-    if "depth" in layout:
-        _normalise_depth(images, triangle_ids, layout["depth"])
     if return_fragments:
         return images, Fragments(triangle_ids, barycentrics)
     return images

@@ -15,6 +15,7 @@ SUBPIXEL_SCALE = 256
 HALF_PIXEL = SUBPIXEL_SCALE // 2
 GUARD_BAND_PIXELS = 2097152.0
 NO_KEY = torch.iinfo(torch.int64).max
+FLAT_DEPTH_RANGE = torch.tensor(1e-5, dtype=torch.float32)
 PIXELS_X_TRIANGLES_PER_CHUNK = 1 << 20
 
 
@@ -125,10 +126,11 @@ def _interpolate(bary: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view, images, triangle_ids, *, channels,
-                           normals=None, attributes=None, barycentrics=None, cull_backfaces=False,
+                           normals=None, attributes=None, barycentrics=None, normalise_depth=True,
+                           cull_backfaces=False,
                            light=(0.0, 0.0, 1.0), ambient=0.0) -> None:
     """Fill images (B, K, C, H, W), triangle_ids (B, K, H, W) and optionally barycentrics (B, K, 3, H, W) as
-    `_C.render_views` does; the depth channel holds the raw view-space distance."""
+    `_C.render_views` does."""
     num_meshes, num_views, _, height, width = images.shape
     layout, start = {}, 0
     for name in channels:
@@ -158,6 +160,18 @@ def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view
                 barycentrics[b, k].view(3, -1)[:, pixels] = bary.T
             _shade(out, layout, pixels, bary, corners, screen["depth"][corners - vertex_start], normals, attributes,
                    world_to_view[camera], light, ambient)
+            if "depth" in layout and normalise_depth:
+                _normalise_depth(out[layout["depth"]], pixels)
+
+
+def _normalise_depth(depth: torch.Tensor, pixels: torch.Tensor) -> None:
+    if pixels.numel() == 0:
+        return
+    distance = depth[pixels]
+    nearest, farthest = distance.min(), distance.max()
+    span = farthest - nearest
+    flat = span <= FLAT_DEPTH_RANGE * torch.maximum(nearest.abs(), farthest.abs())
+    depth[pixels] = torch.ones_like(distance) if flat else (farthest - distance) / span
 
 
 def _barycentrics(triangles, screen, mesh_faces, ids, pixels, width) -> torch.Tensor:

@@ -5,8 +5,9 @@
 // `vertices` (NV, 3) and `faces` (NF, 3); a mesh's faces index its own vertices (0 .. vertex_count - 1).
 // Meshes that share one topology (4D sequences) all use face_start 0, so the faces are stored once.
 //
-// Each image goes through two stages: a depth test that keeps, per pixel, the smallest key of
-// raster_common.h, then a resolve stage that shades the winning fragment into the requested channels.
+// Each image goes through three stages: a depth test that keeps, per pixel, the smallest key of
+// raster_common.h; a resolve stage that shades the winning fragment into the requested channels; and, with
+// a depth channel, a pass that rescales the view-space distances of the covered pixels to [0, 1].
 #pragma once
 
 #include <cstdint>
@@ -27,7 +28,8 @@ struct RasterParams {
   bool cull_backfaces = false;
   // Where each channel starts in the C channels of an image, -1 when not rendered.
   int num_channels = 0;
-  int depth_channel = -1;      // 1 channel: view-space depth (the caller normalises it per view)
+  int depth_channel = -1;      // 1 channel: view-space distance, normalised per view (normalised_depth)
+  bool normalise_depth = true;  // false leaves the distance itself
   int normal_channel = -1;     // 3 channels: unit camera-space normal interpolated from vertex normals
   int shading_channel = -1;    // 1 channel: ambient + (1 - ambient) * max(0, normal . light)
   int mask_channel = -1;       // 1 channel: 1 where a triangle covers the pixel

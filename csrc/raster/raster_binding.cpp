@@ -80,7 +80,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
                           py::handle world_to_clip_obj, py::handle world_to_view_obj, py::handle images_obj,
                           py::handle triangle_ids_obj, const std::vector<std::string>& channels,
                           py::object normals_obj, py::object attributes_obj, py::object barycentrics_obj,
-                          py::object zbuffer_obj, bool cull_backfaces, std::array<float, 3> light, float ambient,
+                          py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces, std::array<float, 3> light, float ambient,
                           uintptr_t stream) {
   const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
   vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous();
@@ -156,6 +156,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   p.width = static_cast<int>(width);
   p.face_rows = faces.size(0);
   p.cameras_per_mesh = camera_sets == num_meshes && num_meshes > 1;
+  p.normalise_depth = normalise_depth;
   p.cull_backfaces = cull_backfaces;
   for (int a = 0; a < 3; ++a) p.light[a] = light[a];
   p.ambient = ambient;

@@ -183,6 +183,17 @@ AFFECTVLM_HD float interpolate(const float bary[3], float a0, float a1, float a2
   return (bary[0] * a0 + bary[1] * a1) + bary[2] * a2;
 }
 
+// Depth channel values: 1 at the nearest covered pixel of a view, 0 at the farthest. A view whose range of
+// distances is within kFlatDepthRange of its distance (a plane facing the camera, give or take rounding)
+// is flat: 1 everywhere.
+constexpr float kFlatDepthRange = 1e-5f;
+
+AFFECTVLM_HD float normalised_depth(float distance, float nearest, float farthest) {
+  const float span = farthest - nearest;
+  const float scale = fabsf(nearest) > fabsf(farthest) ? fabsf(nearest) : fabsf(farthest);
+  return span > kFlatDepthRange * scale ? (farthest - distance) / span : 1.0f;
+}
+
 AFFECTVLM_HD int64_t camera_index(const RasterParams& p, int64_t mesh, int64_t view) {
   return (p.cameras_per_mesh ? mesh : 0) * p.num_views + view;
 }

@@ -1,7 +1,8 @@
 // CPU kernel: one (mesh, view) image per OpenMP task. Per image the mesh's vertices are projected once, each
 // triangle walks its pixel bounding box with incremental integer edge functions into a z-buffer that stays
-// in the thread's cache, and a resolve pass shades the winning fragments.
+// in the thread's cache, a resolve pass shades the winning fragments, and the depth channel is rescaled.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "raster/raster.h"
@@ -46,6 +47,21 @@ void rasterize_triangle(const RasterParams& p, const Triangle& t, const float z[
   }
 }
 
+void normalise_image_depth(const RasterParams& p, const RasterOutputs& out, int64_t image) {
+  const int64_t plane = int64_t(p.height) * p.width;
+  float* depth = out.images + (image * p.num_channels + p.depth_channel) * plane;
+  const int32_t* ids = out.triangle_ids + image * plane;
+  float nearest = INFINITY, farthest = -INFINITY;
+  for (int64_t pixel = 0; pixel < plane; ++pixel) {
+    if (ids[pixel] < 0) continue;
+    nearest = std::min(nearest, depth[pixel]);
+    farthest = std::max(farthest, depth[pixel]);
+  }
+  for (int64_t pixel = 0; pixel < plane; ++pixel) {
+    if (ids[pixel] >= 0) depth[pixel] = normalised_depth(depth[pixel], nearest, farthest);
+  }
+}
+
 void render_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
                   ImageScratch& scratch) {
   const int64_t mesh_index = image / p.num_views;
@@ -85,6 +101,7 @@ void render_image(const RasterParams& p, const RasterInputs& in, const RasterOut
     }
     write_fragment(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, view);
   }
+  if (p.depth_channel >= 0 && p.normalise_depth) normalise_image_depth(p, out, image);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // CUDA kernels: a depth-test pass with one thread per (image, triangle) that keeps the smallest packed
 // (depth, triangle id) key per pixel with a 64-bit atomicMin, so the result does not depend on thread order,
-// then a resolve pass with one thread per pixel that shades the winning fragment.
+// then a resolve pass with one thread per pixel that shades the winning fragment, then one block per image
+// rescales the depth channel.
 //
 // Face meshes have triangles of about a pixel at the sizes CLIP takes (224 x 224), so a thread walks its
 // triangle's bounding box itself; there is no binning of large triangles, which makes meshes of few large
@@ -90,6 +91,39 @@ __global__ void resolve_kernel(RasterParams p, RasterInputs in, RasterOutputs ou
   }
 }
 
+// One block per image: the range of distances over the covered pixels, then each rescaled.
+__global__ void normalise_depth_kernel(RasterParams p, RasterOutputs out) {
+  __shared__ float nearest_of[kThreads], farthest_of[kThreads];
+  const int64_t images = p.num_meshes * p.num_views;
+  const int64_t plane = int64_t(p.height) * p.width;
+  for (int64_t image = blockIdx.x; image < images; image += gridDim.x) {
+    float* depth = out.images + (image * p.num_channels + p.depth_channel) * plane;
+    const int32_t* ids = out.triangle_ids + image * plane;
+    float nearest = INFINITY, farthest = -INFINITY;
+    for (int64_t pixel = threadIdx.x; pixel < plane; pixel += blockDim.x) {
+      if (ids[pixel] < 0) continue;
+      nearest = fminf(nearest, depth[pixel]);
+      farthest = fmaxf(farthest, depth[pixel]);
+    }
+    nearest_of[threadIdx.x] = nearest;
+    farthest_of[threadIdx.x] = farthest;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half) {
+        nearest_of[threadIdx.x] = fminf(nearest_of[threadIdx.x], nearest_of[threadIdx.x + half]);
+        farthest_of[threadIdx.x] = fmaxf(farthest_of[threadIdx.x], farthest_of[threadIdx.x + half]);
+      }
+      __syncthreads();
+    }
+    nearest = nearest_of[0];
+    farthest = farthest_of[0];
+    for (int64_t pixel = threadIdx.x; pixel < plane; pixel += blockDim.x) {
+      if (ids[pixel] >= 0) depth[pixel] = normalised_depth(depth[pixel], nearest, farthest);
+    }
+    __syncthreads();  // the shared arrays are reused by the next image
+  }
+}
+
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("render_views: ") + what + " failed: " + cudaGetErrorString(status));
@@ -120,6 +154,12 @@ void render_views_cuda(const RasterParams& params, const RasterInputs& inputs, c
                           static_cast<unsigned>(std::min(images, kMaxGridY)));
   resolve_kernel<<<resolve_grid, kThreads, 0, stream>>>(params, inputs, outputs);
   check(cudaGetLastError(), "the resolve kernel");
+
+  if (params.depth_channel >= 0 && params.normalise_depth) {
+    normalise_depth_kernel<<<static_cast<unsigned>(std::min(images, kMaxGridY)), kThreads, 0, stream>>>(params,
+                                                                                                      outputs);
+    check(cudaGetLastError(), "the depth normalisation kernel");
+  }
 }
 
 }  // namespace raster
