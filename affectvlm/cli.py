@@ -14,7 +14,6 @@ from affectvlm._ext import cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
-    "render": "render a mesh dataset into multiview image shards",
     "train": "train AffectVLM (single process; use torchrun for several GPUs)",
     "evaluate": "evaluate a checkpoint with subject-independent folds",
     "predict": "predict the expression of mesh files",
@@ -132,6 +131,73 @@ def _validate_generate(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error("--frames must be at least 3 (neutral, apex, neutral)")
 
 
+# The render channels a dataset folder can supply (per-vertex attributes are not stored in mesh files).
+IMAGE_CHANNELS = ("depth", "normal", "shading", "mask")
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from affectvlm.data.cache import CacheError, RenderSettings, render_dataset
+    from affectvlm.data.datasets import DatasetError, index_dataset
+    from affectvlm.geometry import MeshError
+
+    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size,
+                              channels=tuple(args.channels.split(",")), dtype=args.dtype,
+                              projection=args.projection, layout=args.layout)
+    try:
+        total = len(index_dataset(args.data, args.layout))
+        with tqdm(total=total, unit="mesh", desc="render") as progress:
+            index = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
+                                   on_samples=progress.update)
+    except (CacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
+        print(f"affectvlm render: error: {error}", file=sys.stderr)
+        return 1
+    print(f"rendered {len(index['samples'])} meshes x {len(settings.views)} views into "
+          f"{len(index['shards'])} shard(s) in {args.out}")
+    return 0
+
+
+def _add_render_parser(commands) -> None:
+    render = commands.add_parser(
+        "render", help="render a mesh dataset into multiview image shards (.npy) with an index",
+        description="Render every mesh of a dataset folder (any layout `index_dataset` reads) in its canonical "
+                    "frame into K views, written as shards of shape (n, K, C, H, W) plus index.json. Finished "
+                    "shards are skipped when run again.")
+    render.add_argument("data", help="dataset folder")
+    render.add_argument("--out", required=True, help="cache folder")
+    render.add_argument("--views", default="frontal,left,right",
+                        help="comma-separated named views, see affectvlm.geometry.cameras.VIEW_PRESETS "
+                             "(default frontal,left,right)")
+    render.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
+    render.add_argument("--channels", default="depth,normal,shading,mask",
+                        help=f"comma-separated channels from {', '.join(IMAGE_CHANNELS)} (default: all four)")
+    render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
+    render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
+    render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
+    render.add_argument("--shard-size", type=_positive_int, default=256, help="meshes per shard (default 256)")
+    render.add_argument("--batch", type=_positive_int, default=32, help="meshes per kernel call (default 32)")
+    render.add_argument("--layout", default="auto", help="dataset layout (default: detected)")
+    render.set_defaults(handler=run_render, validate=lambda args: _validate_render(render, args))
+
+
+def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.geometry.cameras import PROJECTIONS, VIEW_PRESETS
+
+    if args.projection not in PROJECTIONS:
+        parser.error(f"unknown --projection '{args.projection}' (choose from {', '.join(PROJECTIONS)})")
+    for view in args.views.split(","):
+        if view not in VIEW_PRESETS:
+            parser.error(f"unknown view '{view}' in --views (choose from {', '.join(VIEW_PRESETS)})")
+    for channel in args.channels.split(","):
+        if channel not in IMAGE_CHANNELS:
+            parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
+    if len(set(args.channels.split(","))) != len(args.channels.split(",")):
+        parser.error("--channels lists a channel twice")
+    if args.device == "cuda" and not cuda_status().usable:
+        parser.error(f"--device cuda: {cuda_status().reason}")
+
+
 def run_planned(args: argparse.Namespace) -> int:
     print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
     return 2
@@ -147,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=run_info)
 
     _add_generate_parser(commands)
+    _add_render_parser(commands)
 
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")

@@ -28,7 +28,7 @@ def test_info_text_names_the_cuda_state():
 
 
 def test_planned_subcommands_say_they_are_not_available():
-    for command in ["render", "train", "evaluate", "predict", "app"]:
+    for command in ["train", "evaluate", "predict", "app"]:
         result = run(command, "--some-flag", "value")
         assert result.returncode == 2
         assert f"affectvlm {command}: not available yet" in result.stderr

@@ -1,0 +1,95 @@
+"""`affectvlm render`, run as a user runs it, on generated datasets."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from affectvlm.data import index_dataset, load_sample
+from affectvlm.data.synthetic import generate_dataset
+from affectvlm.geometry.cameras import view_cameras
+from affectvlm.ops.raster import render_views
+
+
+def run(*args):
+    return subprocess.run(["affectvlm", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def static_faces(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    generate_dataset(folder, subjects=1, seed=2, file_format="ply")
+    return folder
+
+
+def render(data, out, *extra):
+    return run("render", str(data), "--out", str(out), "--size", "32", "--shard-size", "10", *extra)
+
+
+def test_render_writes_shards_and_an_index_that_match_render_views(static_faces, tmp_path):
+    result = render(static_faces, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert "render: 100%" in result.stderr
+    assert "rendered 25 meshes x 3 views into 3 shard(s)" in result.stdout
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert index["settings"]["channel_layout"] == {"depth": [0, 1], "normal": [1, 4], "shading": [4, 5],
+                                                   "mask": [5, 6]}
+    assert [s["rows"] for s in index["shards"]] == [10, 10, 5]
+    samples = {s.path.relative_to(static_faces).as_posix(): s for s in index_dataset(static_faces)}
+    assert sorted(e["file"] for e in index["samples"]) == sorted(samples)
+    for entry in index["samples"][8:13]:  # across a shard boundary
+        shard = np.load(tmp_path / "cache" / index["shards"][entry["shard"]]["file"])
+        assert shard.shape[1:] == (3, 6, 32, 32) and shard.dtype == np.float16
+        sample = samples[entry["file"]]
+        assert entry["emotion"] == sample.emotion and entry["subject"] == sample.subject
+        mesh = load_sample(sample)
+        expected = render_views(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), view_cameras(), 32)
+        np.testing.assert_allclose(shard[entry["row"]], expected[0].numpy(), atol=1e-3)
+
+
+def test_rerun_skips_finished_shards_and_redoes_missing_or_truncated_ones(static_faces, tmp_path):
+    out = tmp_path / "cache"
+    assert render(static_faces, out).returncode == 0
+    shards = sorted(out.glob("shard-*.npy"))
+    first = [np.load(path) for path in shards]
+    untouched = shards[0].stat().st_mtime_ns
+    shards[1].unlink()
+    shards[2].write_bytes(shards[2].read_bytes()[:-100])  # an interrupted copy, say
+
+    result = render(static_faces, out)
+    assert result.returncode == 0, result.stderr
+    assert shards[0].stat().st_mtime_ns == untouched
+    for path, before in zip(shards, first):
+        np.testing.assert_array_equal(np.load(path), before)
+    assert not list(out.glob(".*partial"))
+
+
+def test_rerun_with_other_settings_is_refused(static_faces, tmp_path):
+    assert render(static_faces, tmp_path / "cache").returncode == 0
+    result = render(static_faces, tmp_path / "cache", "--views", "frontal")
+    assert result.returncode == 1
+    assert "holds a render of other data or settings" in result.stderr
+
+
+def test_sequences_render_with_chosen_views_channels_and_dtype(tmp_path):
+    generate_dataset(tmp_path / "seq", subjects=1, seed=1, file_format="ply", sequences=True, frames=3)
+    result = run("render", str(tmp_path / "seq"), "--out", str(tmp_path / "cache"), "--size", "24",
+                 "--views", "frontal,up", "--channels", "mask,depth", "--dtype", "float32", "--projection",
+                 "orthographic")
+    assert result.returncode == 0, result.stderr
+    shard = np.load(tmp_path / "cache" / "shard-00000.npy")
+    assert shard.shape == (18, 2, 2, 24, 24) and shard.dtype == np.float32
+    assert shard[:, :, 0].any(axis=(2, 3)).all()  # every view sees its face
+    assert (shard[:, :, 1][shard[:, :, 0] == 0] == 0).all()
+
+
+def test_render_usage_errors(static_faces, tmp_path):
+    for arguments, message in [(["--views", "frontal,behind"], "unknown view 'behind'"),
+                               (["--channels", "depth,colour"], "unknown channel 'colour'"),
+                               (["--size", "0"], "must be at least 1")]:
+        result = run("render", str(static_faces), "--out", str(tmp_path / "x"), *arguments)
+        assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
+    missing = run("render", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"))
+    assert missing.returncode == 1 and "not a folder" in missing.stderr
