@@ -52,6 +52,7 @@ struct Triangle {
   int64_t x[3], y[3];
   int corner[3];
   int64_t area;            // twice the area in fixed point, > 0
+  float inv_area;          // 1 / float(area)
   int64_t inside_bias[3];  // a pixel is inside edge s when its edge function >= inside_bias[s]
   int col0, col1, row0, row1;  // pixel bounding box, inclusive, clipped to the image
 };
@@ -83,7 +84,11 @@ AFFECTVLM_HD ScreenVertex project_vertex(const float* world_to_clip, const float
   return s;
 }
 
-AFFECTVLM_HD int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+// Floor division by the subpixel scale; right shifts of negative int64 are arithmetic on every target built.
+AFFECTVLM_HD int64_t floor_pixels(int64_t fixed) { return fixed >> kSubpixelBits; }
+
+AFFECTVLM_HD int64_t min3(int64_t a, int64_t b, int64_t c) { return a < b ? (a < c ? a : c) : (b < c ? b : c); }
+AFFECTVLM_HD int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
 AFFECTVLM_HD int64_t pixel_centre(int index) { return int64_t(index) * kSubpixelScale + kHalfPixel; }
 
@@ -93,12 +98,28 @@ AFFECTVLM_HD int64_t edge_function(const Triangle& t, int s, int64_t px, int64_t
   return (t.x[b] - t.x[a]) * (py - t.y[a]) - (t.y[b] - t.y[a]) * (px - t.x[a]);
 }
 
-// Front faces wind counter-clockwise as seen by the camera, which in y-down pixel space is a negative area.
-AFFECTVLM_HD bool setup_triangle(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2,
-                                 bool cull_backfaces, int width, int height, Triangle* t) {
-  if (!(v0.valid && v1.valid && v2.valid)) return false;
+// The pixels whose centres lie in the triangle's bounding box, clipped to the image; false when there are
+// none, which is where most sub-pixel triangles stop.
+AFFECTVLM_HD bool pixel_box(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2, int width,
+                            int height, Triangle* t) {
+  const int64_t col0 = -floor_pixels(-(min3(v0.x, v1.x, v2.x) - kHalfPixel));  // first centre >= min
+  const int64_t col1 = floor_pixels(max3(v0.x, v1.x, v2.x) - kHalfPixel);      // last centre <= max
+  const int64_t row0 = -floor_pixels(-(min3(v0.y, v1.y, v2.y) - kHalfPixel));
+  const int64_t row1 = floor_pixels(max3(v0.y, v1.y, v2.y) - kHalfPixel);
+  t->col0 = static_cast<int>(col0 < 0 ? 0 : col0);
+  t->col1 = static_cast<int>(col1 > width - 1 ? width - 1 : col1);
+  t->row0 = static_cast<int>(row0 < 0 ? 0 : row0);
+  t->row1 = static_cast<int>(row1 > height - 1 ? height - 1 : row1);
+  return t->col0 <= t->col1 && t->row0 <= t->row1;
+}
+
+// Orders the corners so that the area is positive and sets the fill rule's biases. Front faces wind
+// counter-clockwise as seen by the camera, which in y-down pixel space is a negative area. False for
+// degenerate and culled triangles.
+AFFECTVLM_HD bool orient_triangle(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2,
+                                  bool cull_backfaces, Triangle* t) {
   const ScreenVertex* v[3] = {&v0, &v1, &v2};
-  int64_t area = (v1.x - v0.x) * (v2.y - v0.y) - (v1.y - v0.y) * (v2.x - v0.x);
+  const int64_t area = (v1.x - v0.x) * (v2.y - v0.y) - (v1.y - v0.y) * (v2.x - v0.x);
   if (area == 0 || (cull_backfaces && area > 0)) return false;
   const bool swap = area < 0;
   for (int s = 0; s < 3; ++s) {
@@ -108,26 +129,20 @@ AFFECTVLM_HD bool setup_triangle(const ScreenVertex& v0, const ScreenVertex& v1,
     t->y[s] = v[corner]->y;
   }
   t->area = swap ? -area : area;
+  t->inv_area = 1.0f / static_cast<float>(t->area);
   for (int s = 0; s < 3; ++s) {
     const int64_t dx = t->x[(s + 2) % 3] - t->x[(s + 1) % 3];
     const int64_t dy = t->y[(s + 2) % 3] - t->y[(s + 1) % 3];
     const bool top_left = dy < 0 || (dy == 0 && dx > 0);
     t->inside_bias[s] = top_left ? 0 : 1;
   }
-  const int64_t xmin = t->x[0] < t->x[1] ? (t->x[0] < t->x[2] ? t->x[0] : t->x[2]) : (t->x[1] < t->x[2] ? t->x[1] : t->x[2]);
-  const int64_t xmax = t->x[0] > t->x[1] ? (t->x[0] > t->x[2] ? t->x[0] : t->x[2]) : (t->x[1] > t->x[2] ? t->x[1] : t->x[2]);
-  const int64_t ymin = t->y[0] < t->y[1] ? (t->y[0] < t->y[2] ? t->y[0] : t->y[2]) : (t->y[1] < t->y[2] ? t->y[1] : t->y[2]);
-  const int64_t ymax = t->y[0] > t->y[1] ? (t->y[0] > t->y[2] ? t->y[0] : t->y[2]) : (t->y[1] > t->y[2] ? t->y[1] : t->y[2]);
-  // Pixels whose centres lie within the box: first centre >= min, last centre <= max.
-  const int64_t col0 = -floor_div(-(xmin - kHalfPixel), kSubpixelScale);
-  const int64_t col1 = floor_div(xmax - kHalfPixel, kSubpixelScale);
-  const int64_t row0 = -floor_div(-(ymin - kHalfPixel), kSubpixelScale);
-  const int64_t row1 = floor_div(ymax - kHalfPixel, kSubpixelScale);
-  t->col0 = static_cast<int>(col0 < 0 ? 0 : col0);
-  t->col1 = static_cast<int>(col1 > width - 1 ? width - 1 : col1);
-  t->row0 = static_cast<int>(row0 < 0 ? 0 : row0);
-  t->row1 = static_cast<int>(row1 > height - 1 ? height - 1 : row1);
-  return t->col0 <= t->col1 && t->row0 <= t->row1;
+  return true;
+}
+
+AFFECTVLM_HD bool setup_triangle(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2,
+                                 bool cull_backfaces, int width, int height, Triangle* t) {
+  return v0.valid && v1.valid && v2.valid && pixel_box(v0, v1, v2, width, height, t) &&
+         orient_triangle(v0, v1, v2, cull_backfaces, t);
 }
 
 AFFECTVLM_HD bool inside(const Triangle& t, int64_t e0, int64_t e1, int64_t e2) {
@@ -136,10 +151,9 @@ AFFECTVLM_HD bool inside(const Triangle& t, int64_t e0, int64_t e1, int64_t e2) 
 
 // Screen-space barycentric weights of the three slots, from exact edge functions.
 AFFECTVLM_HD void screen_weights(const Triangle& t, int64_t e0, int64_t e1, int64_t e2, float w[3]) {
-  const float inv_area = 1.0f / static_cast<float>(t.area);
-  w[0] = static_cast<float>(e0) * inv_area;
-  w[1] = static_cast<float>(e1) * inv_area;
-  w[2] = static_cast<float>(e2) * inv_area;
+  w[0] = static_cast<float>(e0) * t.inv_area;
+  w[1] = static_cast<float>(e1) * t.inv_area;
+  w[2] = static_cast<float>(e2) * t.inv_area;
 }
 
 // NDC depth is affine in screen space, so screen weights interpolate it exactly.
@@ -213,10 +227,9 @@ AFFECTVLM_HD void write_background(const RasterParams& p, const RasterOutputs& o
 AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out,
                                  int64_t image, int64_t pixel, uint32_t triangle, const int64_t corner_vertex[3],
                                  const ScreenVertex corner_screen[3], const float* world_to_view) {
-  Triangle t;
-  if (!setup_triangle(corner_screen[0], corner_screen[1], corner_screen[2], p.cull_backfaces, p.width, p.height,
-                      &t)) {
-    write_background(p, out, image, pixel);  // unreachable: the depth test only keeps set-up triangles
+  Triangle t;  // the depth test kept it, so it is valid and covers pixels; only its orientation is needed
+  if (!orient_triangle(corner_screen[0], corner_screen[1], corner_screen[2], p.cull_backfaces, &t)) {
+    write_background(p, out, image, pixel);  // unreachable
     return;
   }
   const int64_t px = pixel_centre(static_cast<int>(pixel % p.width));
