@@ -27,7 +27,7 @@ PYBIND11_MODULE(_C, m) {
         "world_to_clip"_a, "world_to_view"_a, "images"_a, "triangle_ids"_a, py::kw_only(), "channels"_a,
         "normals"_a = py::none(), "attributes"_a = py::none(), "barycentrics"_a = py::none(),
         "zbuffer"_a = py::none(), "normalise_depth"_a = true, "cull_backfaces"_a = false, "light"_a = std::array<float, 3>{0.0f, 0.0f, 1.0f},
-        "ambient"_a = 0.0f, "stream"_a = 0,
+        "ambient"_a = 0.0f, "num_threads"_a = 0, "stream"_a = 0,
         "Rasterise B meshes x K cameras into caller-allocated images (see csrc/raster/raster.h); "
-        "affectvlm.ops.raster.render_views is the API.");
+        "num_threads 0 means one per core; affectvlm.ops.raster.render_views is the API.");
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from affectvlm.geometry.cameras import Cameras
@@ -55,6 +56,22 @@ class Fragments:
     barycentrics: torch.Tensor | None
 
 
+# Checks on CPU tensors go through numpy: torch's reductions hand small arrays to its thread pool, whose
+# spin-waiting costs milliseconds per call when the cores are shared.
+def _all_finite(values: torch.Tensor) -> bool:
+    if values.device.type == "cpu":
+        return bool(np.isfinite(values.detach().numpy()).all())
+    return bool(torch.isfinite(values).all())
+
+
+def _value_range(values: torch.Tensor) -> tuple[int, int]:
+    if values.device.type == "cpu":
+        array = values.detach().numpy()
+        return int(array.min()), int(array.max())
+    low, high = torch.aminmax(values)
+    return int(low), int(high)
+
+
 def _check_vertices(vertices: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(vertices, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(vertices).__name__}")
@@ -62,7 +79,7 @@ def _check_vertices(vertices: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be floating point, got {vertices.dtype}")
     if vertices.shape[-1:] != (3,) or vertices.shape[-2] == 0:
         raise ValueError(f"{name} must have shape (..., V, 3) with V >= 1, got {tuple(vertices.shape)}")
-    if not torch.isfinite(vertices).all():
+    if not _all_finite(vertices):
         raise ValueError(f"{name} contain NaN or infinite coordinates")
     return vertices.float().contiguous()
 
@@ -76,7 +93,7 @@ def _check_faces(faces: torch.Tensor, num_vertices: int, name: str, device: torc
         raise ValueError(f"{name} must have shape (F, 3) with F >= 1, got {tuple(faces.shape)}")
     if faces.device != device:
         raise ValueError(f"{name} are on {faces.device} but the vertices on {device}")
-    low, high = int(faces.min()), int(faces.max())
+    low, high = _value_range(faces)
     if low < 0:
         raise ValueError(f"{name} hold a negative vertex index ({low})")
     if high >= num_vertices:
@@ -255,7 +272,7 @@ def _render_with_kernel(batch: MeshBatch, world_to_clip, world_to_view, images, 
     device = batch.vertices.device
     if device.type != "cuda":
         extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                                 triangle_ids, **arguments)
+                                 triangle_ids, num_threads=torch.get_num_threads(), **arguments)
         return
     # pack_meshes built and checked the mesh rows and faces; the CUDA kernel trusts them, as the binding
     # cannot read GPU memory.

@@ -57,8 +57,9 @@ struct RasterOutputs {
   int64_t* zbuffer = nullptr;       // (B, K, H, W) workspace of depth keys; CUDA only
 };
 
-// Multi-threaded over images with OpenMP when the build found it.
-void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs);
+// Renders the images on `num_threads` threads (the caller's among them).
+void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
+                      int num_threads);
 
 #ifdef AFFECTVLM_WITH_CUDA
 // Launches on `stream` (a cudaStream_t) and returns without waiting; throws std::runtime_error on a launch

@@ -1,6 +1,7 @@
 #include "raster/raster_binding.h"
 
 #include <optional>
+#include <thread>
 
 #include "raster/raster.h"
 #include "tensor.h"
@@ -81,7 +82,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
                           py::handle triangle_ids_obj, const std::vector<std::string>& channels,
                           py::object normals_obj, py::object attributes_obj, py::object barycentrics_obj,
                           py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces, std::array<float, 3> light, float ambient,
-                          uintptr_t stream) {
+                          int num_threads, uintptr_t stream) {
   const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
   vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous();
   const Device device = vertices.device();
@@ -178,7 +179,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   if (device.type == DeviceType::CPU) {
     check_meshes_on_cpu(meshes, faces, num_vertices);
     py::gil_scoped_release release;
-    render_views_cpu(p, in, out);
+    render_views_cpu(p, in, out, num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency()));
     return;
   }
 #ifdef AFFECTVLM_WITH_CUDA

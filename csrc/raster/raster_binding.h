@@ -16,7 +16,7 @@ void render_views_binding(pybind11::handle vertices, pybind11::handle faces, pyb
                           pybind11::handle triangle_ids, const std::vector<std::string>& channels,
                           pybind11::object normals, pybind11::object attributes, pybind11::object barycentrics,
                           pybind11::object zbuffer, bool normalise_depth, bool cull_backfaces, std::array<float, 3> light, float ambient,
-                          uintptr_t stream);
+                          int num_threads, uintptr_t stream);
 
 }  // namespace raster
 }  // namespace affectvlm
