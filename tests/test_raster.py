@@ -394,3 +394,19 @@ def test_extension_drops_non_finite_vertices_without_reading_them_as_positions()
     arguments["images"] = torch.full((1, 1, 1, 8, 8), -1.0)
     extension().render_views(**arguments)
     assert (arguments["images"] == 0).all() and (arguments["triangle_ids"] == -1).all()
+
+
+def test_vertex_normals_of_a_sphere_point_outwards_in_every_layout():
+    vertices, faces = icosphere(3)
+    scaled = torch.stack([vertices, vertices * 2])
+    for batch in (pack_meshes(scaled, faces), pack_meshes(list(scaled), [faces, faces])):
+        normals = vertex_normals(batch)
+        torch.testing.assert_close(normals, torch.cat([vertices, vertices]), rtol=0, atol=2e-2)
+
+
+@pytest.mark.cuda
+def test_cuda_vertex_normals_match_cpu():
+    vertices, faces = icosphere(3)
+    batch = pack_meshes(torch.stack([vertices, vertices * 2]), faces)
+    cuda_batch = pack_meshes(torch.stack([vertices, vertices * 2]).cuda(), faces.cuda())
+    torch.testing.assert_close(vertex_normals(cuda_batch).cpu(), vertex_normals(batch), rtol=0, atol=1e-5)

@@ -136,25 +136,40 @@ def pack_meshes(vertices, faces) -> MeshBatch:
     return MeshBatch(batch.reshape(-1, 3), faces, rows.to(vertices.device), True)
 
 
+def _face_chunks(batch: MeshBatch, meshes_per_chunk: int):
+    """(first vertex, last vertex + 1, faces indexing from the first vertex) for a few meshes at a time."""
+    if not batch.shared_topology:
+        starts, counts = batch.meshes[:, 0], batch.meshes[:, 3]
+        yield 0, batch.vertices.shape[0], batch.faces.long() + torch.repeat_interleave(starts, counts)[:, None]
+        return
+    num_vertices = int(batch.meshes[0, 1])
+    faces = batch.faces.long()
+    for first in range(0, batch.num_meshes, meshes_per_chunk):
+        meshes = min(meshes_per_chunk, batch.num_meshes - first)
+        offsets = torch.arange(meshes, device=faces.device)[:, None, None] * num_vertices
+        yield first * num_vertices, (first + meshes) * num_vertices, (faces[None] + offsets).reshape(-1, 3)
+
+
 def vertex_normals(batch: MeshBatch, meshes_per_chunk: int = 64) -> torch.Tensor:
-    """Area-weighted unit vertex normals (NV, 3) of a batch (zero for vertices of degenerate faces only)."""
-    normals = torch.zeros_like(batch.vertices)
-    starts, counts = batch.meshes[:, 0], batch.meshes[:, 3]
-    if batch.shared_topology:
-        faces = batch.faces.long()
-        per_mesh = batch.vertices.view(batch.num_meshes, -1, 3)
-        per_mesh_normals = normals.view_as(per_mesh)
-        for first in range(0, batch.num_meshes, meshes_per_chunk):
-            corners = per_mesh[first:first + meshes_per_chunk][:, faces]
-            face_normals = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0])
-            for i in range(3):
-                per_mesh_normals[first:first + meshes_per_chunk].index_add_(1, faces[:, i], face_normals)
-    else:
-        faces = batch.faces.long() + torch.repeat_interleave(starts, counts)[:, None]
-        corners = batch.vertices[faces]
-        face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-        for i in range(3):
-            normals.index_add_(0, faces[:, i], face_normals)
+    """Area-weighted unit vertex normals (NV, 3) of a batch (zero for vertices of degenerate faces only).
+    On the CPU in numpy: torch's pooled scatter-adds cost milliseconds per call when the cores are shared."""
+    on_cpu = batch.vertices.device.type == "cpu"
+    normals = np.zeros((batch.vertices.shape[0], 3)) if on_cpu else torch.zeros_like(batch.vertices)
+    for start, stop, faces in _face_chunks(batch, meshes_per_chunk):
+        if on_cpu:
+            faces, vertices = faces.numpy(), batch.vertices[start:stop].numpy()
+            corners = vertices[faces]
+            face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+            weights = np.repeat(face_normals, 3, axis=0)  # one row per face corner, as faces.ravel()
+            for axis in range(3):
+                normals[start:stop, axis] += np.bincount(faces.ravel(), weights[:, axis], minlength=stop - start)
+        else:
+            corners = batch.vertices[start:stop][faces]
+            face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+            for corner in range(3):
+                normals[start:stop].index_add_(0, faces[:, corner], face_normals)
+    if on_cpu:
+        normals = torch.from_numpy(normals.astype(np.float32))
     return normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
