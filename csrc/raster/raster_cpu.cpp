@@ -57,6 +57,14 @@ void rasterize_triangle(const RasterParams& p, const Triangle& t, const float z[
   }
 }
 
+// Background values for the whole image, plane by plane (what write_background does pixel by pixel).
+void clear_image(const RasterParams& p, const RasterOutputs& out, int64_t image) {
+  const int64_t plane = int64_t(p.height) * p.width;
+  std::fill_n(out.images + image * p.num_channels * plane, p.num_channels * plane, 0.0f);
+  std::fill_n(out.triangle_ids + image * plane, plane, -1);
+  if (out.barycentrics) std::fill_n(out.barycentrics + image * 3 * plane, 3 * plane, 0.0f);
+}
+
 void normalise_image_depth(const RasterParams& p, const RasterOutputs& out, int64_t image) {
   const int64_t plane = int64_t(p.height) * p.width;
   float* depth = out.images + (image * p.num_channels + p.depth_channel) * plane;
@@ -95,12 +103,10 @@ void render_image(const RasterParams& p, const RasterInputs& in, const RasterOut
     rasterize_triangle(p, t, z, static_cast<uint32_t>(f), scratch.zbuffer.data());
   }
 
+  clear_image(p, out, image);
   for (int64_t pixel = 0; pixel < plane; ++pixel) {
     const uint64_t key = scratch.zbuffer[pixel];
-    if (key == kEmptyKey) {
-      write_background(p, out, image, pixel);
-      continue;
-    }
+    if (key == kEmptyKey) continue;
     const uint32_t triangle = key_triangle(key);
     int64_t corner_vertex[3];
     ScreenVertex corner_screen[3];
