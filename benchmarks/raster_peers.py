@@ -29,7 +29,8 @@ def face_mesh(triangles: str) -> Mesh:
         vertices, faces = trimesh.remesh.subdivide(vertices, faces)
     elif triangles == "5k":
         vertices, faces = _every_other_grid_line(vertices)
-    return normalise(Mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.int32)))
+    vertices, faces = np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.int32)
+    return normalise(Mesh(vertices, faces))
 
 
 def _every_other_grid_line(vertices: np.ndarray):

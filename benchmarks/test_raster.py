@@ -120,7 +120,8 @@ def test_peer_nvdiffrast_triangle_ids(benchmark, size, triangles, meshes):
     vertices, faces = batch_of(triangles, meshes, "cuda")
     cameras = view_cameras().to("cuda")
     homogeneous = torch.cat([vertices, torch.ones_like(vertices[..., :1])], dim=-1)
-    clip = torch.einsum("bvj,kij->bkvi", homogeneous, cameras.world_to_clip[0].float()).reshape(-1, vertices.shape[1], 4)
+    clip = torch.einsum("bvj,kij->bkvi", homogeneous, cameras.world_to_clip[0].float())
+    clip = clip.reshape(-1, vertices.shape[1], 4)
     context = dr.RasterizeCudaContext()
     run_benchmark(benchmark, cuda_render(lambda: dr.rasterize(context, clip.contiguous(), faces, (size, size))),
                   meshes)

@@ -30,4 +30,8 @@ PYBIND11_MODULE(_C, m) {
         "ambient"_a = 0.0f, "num_threads"_a = 0, "stream"_a = 0,
         "Rasterise B meshes x K cameras into caller-allocated images (see csrc/raster/raster.h); "
         "num_threads 0 means one per core; affectvlm.ops.raster.render_views is the API.");
+
+  m.def("vertex_normals", &affectvlm::raster::vertex_normals_binding, "vertices"_a, "faces"_a, "meshes"_a,
+        "normals"_a, "num_threads"_a = 1,
+        "Area-weighted unit vertex normals of packed CPU meshes into normals (NV, 3) float32.");
 }

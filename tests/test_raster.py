@@ -400,8 +400,21 @@ def test_vertex_normals_of_a_sphere_point_outwards_in_every_layout():
     vertices, faces = icosphere(3)
     scaled = torch.stack([vertices, vertices * 2])
     for batch in (pack_meshes(scaled, faces), pack_meshes(list(scaled), [faces, faces])):
-        normals = vertex_normals(batch)
-        torch.testing.assert_close(normals, torch.cat([vertices, vertices]), rtol=0, atol=2e-2)
+        for backend in ("kernel", "reference"):
+            normals = vertex_normals(batch, backend)
+            torch.testing.assert_close(normals, torch.cat([vertices, vertices]), rtol=0, atol=2e-2)
+
+
+def test_kernel_vertex_normals_match_the_reference_on_random_meshes():
+    rng = np.random.default_rng(12)
+    meshes = [random_mesh(rng, int(n), int(3 * n)) for n in (5, 80, 40)]
+    batch = pack_meshes([m[0] for m in meshes], [m[1] for m in meshes])
+    torch.testing.assert_close(vertex_normals(batch, "kernel"), vertex_normals(batch, "reference"), rtol=0,
+                               atol=1e-5)
+    overlapping = batch.meshes.clone()
+    overlapping[1, 0] = 0
+    with pytest.raises(ValueError, match="meshes row 1: vertex ranges must follow each other"):
+        extension().vertex_normals(batch.vertices, batch.faces, overlapping, torch.empty_like(batch.vertices))
 
 
 @pytest.mark.cuda

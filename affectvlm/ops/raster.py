@@ -56,6 +56,133 @@ class Fragments:
     barycentrics: torch.Tensor | None
 
 
+def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
+                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, normalise_depth: bool = True,
+                 cull_backfaces: bool = False,
+                 return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
+    """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
+
+    vertices/faces: one mesh, B meshes of one topology or lists of meshes (see `pack_meshes`). cameras: K views
+    for all meshes or per mesh (`affectvlm.geometry.cameras`). image_size: int or (height, width).
+    channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
+    like vertices. light: direction towards the light in camera space. Front faces wind counter-clockwise as
+    seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
+    (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
+    reference where it is missing), "kernel" or "reference".
+    """
+    batch = pack_meshes(vertices, faces)
+    height, width = _image_size(image_size)
+    world_to_clip, world_to_view = _camera_matrices(cameras, batch)
+    attributes = _check_attributes(attributes, batch) if attributes is not None else None
+    layout = channel_layout(channels, attributes.shape[1] if attributes is not None else 0)
+    if "attributes" in layout and attributes is None:
+        raise ValueError("the 'attributes' channel needs attributes=")
+    light = torch.tensor(light, dtype=torch.float64)
+    if light.shape != (3,) or not torch.isfinite(light).all() or light.norm() == 0:
+        raise ValueError(f"light must be a finite non-zero 3-vector, got {light.tolist()}")
+    light = (light / light.norm()).tolist()
+    normals = vertex_normals(batch, backend) if {"normal", "shading"} & set(layout) else None
+
+    num_channels = sum(s.stop - s.start for s in layout.values())
+    device = batch.vertices.device
+    shape = (batch.num_meshes, world_to_clip.shape[1])
+    images = torch.empty(*shape, num_channels, height, width, device=device)
+    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
+    barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
+    arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
+                     normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light,
+                     ambient=float(ambient))
+    if _use_kernel(backend, device):
+        _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
+    else:
+        from affectvlm.ops.reference import render_views_reference
+
+        render_views_reference(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                               triangle_ids, **arguments)
+    if return_fragments:
+        return images, Fragments(triangle_ids, barycentrics)
+    return images
+
+
+def _render_with_kernel(batch: MeshBatch, world_to_clip, world_to_view, images, triangle_ids, arguments) -> None:
+    from affectvlm._ext import extension
+
+    device = batch.vertices.device
+    if device.type != "cuda":
+        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                                 triangle_ids, num_threads=torch.get_num_threads(), **arguments)
+        return
+    # pack_meshes built and checked the mesh rows and faces; the CUDA kernel trusts them, as the binding
+    # cannot read GPU memory.
+    zbuffer = torch.empty(triangle_ids.shape, dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
+        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
+                                 triangle_ids, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream,
+                                 **arguments)
+
+
+def pack_meshes(vertices, faces) -> MeshBatch:
+    """A batch from per-mesh tensors: `vertices` (V, 3) with `faces` (F, 3) for one mesh; (B, V, 3) with
+    (F, 3) for B meshes of one topology (4D frames); or lists of (V_i, 3) and (F_i, 3) for meshes of
+    different topologies."""
+    if isinstance(vertices, (list, tuple)):
+        if not isinstance(faces, (list, tuple)) or len(faces) != len(vertices):
+            raise ValueError("lists of vertices and faces must have the same length")
+        if not vertices:
+            raise ValueError("vertices: no meshes to render")
+        checked_vertices = [_check_vertices(v, f"vertices[{i}]") for i, v in enumerate(vertices)]
+        device = checked_vertices[0].device
+        if any(v.ndim != 2 or v.device != device for v in checked_vertices):
+            raise ValueError("each vertices[i] must be a (V, 3) tensor, all on one device")
+        checked_faces = [_check_faces(f, len(v), f"faces[{i}]", device)
+                         for i, (v, f) in enumerate(zip(checked_vertices, faces))]
+        vertex_counts = torch.tensor([len(v) for v in checked_vertices])
+        face_counts = torch.tensor([len(f) for f in checked_faces])
+        rows = torch.stack([vertex_counts.cumsum(0) - vertex_counts, vertex_counts,
+                            face_counts.cumsum(0) - face_counts, face_counts], dim=1)
+        return MeshBatch(torch.cat(checked_vertices), torch.cat(checked_faces), rows.to(device), False)
+
+    vertices = _check_vertices(vertices, "vertices")
+    if vertices.ndim not in (2, 3):
+        raise ValueError(f"vertices must have shape (V, 3) or (B, V, 3), got {tuple(vertices.shape)}")
+    batch = vertices[None] if vertices.ndim == 2 else vertices
+    if batch.shape[0] == 0:
+        raise ValueError("vertices: no meshes to render (B = 0)")
+    num_meshes, num_vertices = batch.shape[:2]
+    faces = _check_faces(faces, num_vertices, "faces", vertices.device)
+    rows = torch.tensor([[b * num_vertices, num_vertices, 0, faces.shape[0]] for b in range(num_meshes)])
+    return MeshBatch(batch.reshape(-1, 3), faces, rows.to(vertices.device), True)
+
+
+def vertex_normals(batch: MeshBatch, backend: str = "auto") -> torch.Tensor:
+    """Area-weighted unit vertex normals (NV, 3) of a batch (zero for vertices in no face): the C++ kernel
+    for CPU batches, torch (`vertex_normals_reference`) on a GPU or where the extension is missing."""
+    if batch.vertices.device.type == "cpu" and _use_kernel(backend, batch.vertices.device):
+        from affectvlm._ext import extension
+
+        normals = torch.empty_like(batch.vertices)
+        extension().vertex_normals(batch.vertices, batch.faces, batch.meshes, normals,
+                                   num_threads=torch.get_num_threads())
+        return normals
+    from affectvlm.ops.reference import vertex_normals_reference
+
+    return vertex_normals_reference(batch.vertices, batch.faces, batch.meshes)
+
+
+def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:
+    """Where each named channel lies in the C dimension of the images."""
+    layout, start = {}, 0
+    for name in channels:
+        if name not in CHANNEL_WIDTHS:
+            raise ValueError(f"unknown channel '{name}' (choose from {', '.join(CHANNEL_WIDTHS)})")
+        if name in layout:
+            raise ValueError(f"channel '{name}' is listed twice")
+        width = CHANNEL_WIDTHS[name] or num_attributes
+        layout[name] = slice(start, start + width)
+        start += width
+    return layout
+
+
 # Checks on CPU tensors go through numpy: torch's reductions hand small arrays to its thread pool, whose
 # spin-waiting costs milliseconds per call when the cores are shared.
 def _all_finite(values: torch.Tensor) -> bool:
@@ -103,76 +230,6 @@ def _check_faces(faces: torch.Tensor, num_vertices: int, name: str, device: torc
     return faces.to(torch.int32).contiguous()
 
 
-def pack_meshes(vertices, faces) -> MeshBatch:
-    """A batch from per-mesh tensors: `vertices` (V, 3) with `faces` (F, 3) for one mesh; (B, V, 3) with
-    (F, 3) for B meshes of one topology (4D frames); or lists of (V_i, 3) and (F_i, 3) for meshes of
-    different topologies."""
-    if isinstance(vertices, (list, tuple)):
-        if not isinstance(faces, (list, tuple)) or len(faces) != len(vertices):
-            raise ValueError("lists of vertices and faces must have the same length")
-        if not vertices:
-            raise ValueError("vertices: no meshes to render")
-        checked_vertices = [_check_vertices(v, f"vertices[{i}]") for i, v in enumerate(vertices)]
-        device = checked_vertices[0].device
-        if any(v.ndim != 2 or v.device != device for v in checked_vertices):
-            raise ValueError("each vertices[i] must be a (V, 3) tensor, all on one device")
-        checked_faces = [_check_faces(f, len(v), f"faces[{i}]", device)
-                         for i, (v, f) in enumerate(zip(checked_vertices, faces))]
-        vertex_counts = torch.tensor([len(v) for v in checked_vertices])
-        face_counts = torch.tensor([len(f) for f in checked_faces])
-        rows = torch.stack([vertex_counts.cumsum(0) - vertex_counts, vertex_counts,
-                            face_counts.cumsum(0) - face_counts, face_counts], dim=1)
-        return MeshBatch(torch.cat(checked_vertices), torch.cat(checked_faces), rows.to(device), False)
-
-    vertices = _check_vertices(vertices, "vertices")
-    if vertices.ndim not in (2, 3):
-        raise ValueError(f"vertices must have shape (V, 3) or (B, V, 3), got {tuple(vertices.shape)}")
-    batch = vertices[None] if vertices.ndim == 2 else vertices
-    if batch.shape[0] == 0:
-        raise ValueError("vertices: no meshes to render (B = 0)")
-    num_meshes, num_vertices = batch.shape[:2]
-    faces = _check_faces(faces, num_vertices, "faces", vertices.device)
-    rows = torch.tensor([[b * num_vertices, num_vertices, 0, faces.shape[0]] for b in range(num_meshes)])
-    return MeshBatch(batch.reshape(-1, 3), faces, rows.to(vertices.device), True)
-
-
-def _face_chunks(batch: MeshBatch, meshes_per_chunk: int):
-    """(first vertex, last vertex + 1, faces indexing from the first vertex) for a few meshes at a time."""
-    if not batch.shared_topology:
-        starts, counts = batch.meshes[:, 0], batch.meshes[:, 3]
-        yield 0, batch.vertices.shape[0], batch.faces.long() + torch.repeat_interleave(starts, counts)[:, None]
-        return
-    num_vertices = int(batch.meshes[0, 1])
-    faces = batch.faces.long()
-    for first in range(0, batch.num_meshes, meshes_per_chunk):
-        meshes = min(meshes_per_chunk, batch.num_meshes - first)
-        offsets = torch.arange(meshes, device=faces.device)[:, None, None] * num_vertices
-        yield first * num_vertices, (first + meshes) * num_vertices, (faces[None] + offsets).reshape(-1, 3)
-
-
-def vertex_normals(batch: MeshBatch, meshes_per_chunk: int = 64) -> torch.Tensor:
-    """Area-weighted unit vertex normals (NV, 3) of a batch (zero for vertices of degenerate faces only).
-    On the CPU in numpy: torch's pooled scatter-adds cost milliseconds per call when the cores are shared."""
-    on_cpu = batch.vertices.device.type == "cpu"
-    normals = np.zeros((batch.vertices.shape[0], 3)) if on_cpu else torch.zeros_like(batch.vertices)
-    for start, stop, faces in _face_chunks(batch, meshes_per_chunk):
-        if on_cpu:
-            faces, vertices = faces.numpy(), batch.vertices[start:stop].numpy()
-            corners = vertices[faces]
-            face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-            weights = np.repeat(face_normals, 3, axis=0)  # one row per face corner, as faces.ravel()
-            for axis in range(3):
-                normals[start:stop, axis] += np.bincount(faces.ravel(), weights[:, axis], minlength=stop - start)
-        else:
-            corners = batch.vertices[start:stop][faces]
-            face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-            for corner in range(3):
-                normals[start:stop].index_add_(0, faces[:, corner], face_normals)
-    if on_cpu:
-        normals = torch.from_numpy(normals.astype(np.float32))
-    return normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-
-
 def _check_attributes(attributes, batch: MeshBatch) -> torch.Tensor:
     if isinstance(attributes, (list, tuple)):
         attributes = torch.cat(list(attributes))
@@ -193,20 +250,6 @@ def _image_size(image_size) -> tuple[int, int]:
             and all(isinstance(side, int) and side >= 1 for side in sides)):
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return tuple(sides)
-
-
-def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:
-    """Where each named channel lies in the C dimension of the images."""
-    layout, start = {}, 0
-    for name in channels:
-        if name not in CHANNEL_WIDTHS:
-            raise ValueError(f"unknown channel '{name}' (choose from {', '.join(CHANNEL_WIDTHS)})")
-        if name in layout:
-            raise ValueError(f"channel '{name}' is listed twice")
-        width = CHANNEL_WIDTHS[name] or num_attributes
-        layout[name] = slice(start, start + width)
-        start += width
-    return layout
 
 
 def _camera_matrices(cameras: Cameras, batch: MeshBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,67 +275,3 @@ def _use_kernel(backend: str, device: torch.device) -> bool:
         raise RuntimeError(f"no compiled rasteriser for {device.type}: "
                            f"{IMPORT_ERROR or 'this build has no CUDA kernels'}")
     return available
-
-
-def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
-                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, normalise_depth: bool = True,
-                 cull_backfaces: bool = False,
-                 return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
-    """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
-
-    vertices/faces: one mesh, B meshes of one topology or lists of meshes (see `pack_meshes`). cameras: K views
-    for all meshes or per mesh (`affectvlm.geometry.cameras`). image_size: int or (height, width).
-    channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
-    like vertices. light: direction towards the light in camera space. Front faces wind counter-clockwise as
-    seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
-    (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
-    reference where it is missing), "kernel" or "reference".
-    """
-    batch = pack_meshes(vertices, faces)
-    height, width = _image_size(image_size)
-    world_to_clip, world_to_view = _camera_matrices(cameras, batch)
-    attributes = _check_attributes(attributes, batch) if attributes is not None else None
-    layout = channel_layout(channels, attributes.shape[1] if attributes is not None else 0)
-    if "attributes" in layout and attributes is None:
-        raise ValueError("the 'attributes' channel needs attributes=")
-    light = torch.tensor(light, dtype=torch.float64)
-    if light.shape != (3,) or not torch.isfinite(light).all() or light.norm() == 0:
-        raise ValueError(f"light must be a finite non-zero 3-vector, got {light.tolist()}")
-    light = (light / light.norm()).tolist()
-    normals = vertex_normals(batch) if {"normal", "shading"} & set(layout) else None
-
-    num_channels = sum(s.stop - s.start for s in layout.values())
-    device = batch.vertices.device
-    shape = (batch.num_meshes, world_to_clip.shape[1])
-    images = torch.empty(*shape, num_channels, height, width, device=device)
-    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
-    barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
-    arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
-                     normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light, ambient=float(ambient))
-    if _use_kernel(backend, device):
-        _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
-    else:
-        from affectvlm.ops.reference import render_views_reference
-
-        render_views_reference(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                               triangle_ids, **arguments)
-    if return_fragments:
-        return images, Fragments(triangle_ids, barycentrics)
-    return images
-
-
-def _render_with_kernel(batch: MeshBatch, world_to_clip, world_to_view, images, triangle_ids, arguments) -> None:
-    from affectvlm._ext import extension
-
-    device = batch.vertices.device
-    if device.type != "cuda":
-        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                                 triangle_ids, num_threads=torch.get_num_threads(), **arguments)
-        return
-    # pack_meshes built and checked the mesh rows and faces; the CUDA kernel trusts them, as the binding
-    # cannot read GPU memory.
-    zbuffer = torch.empty(triangle_ids.shape, dtype=torch.int64, device=device)
-    with torch.cuda.device(device):
-        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                                 triangle_ids, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream,
-                                 **arguments)

@@ -125,6 +125,21 @@ def _interpolate(bary: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return (bary[:, 0] * values[:, 0] + bary[:, 1] * values[:, 1]) + bary[:, 2] * values[:, 2]
 
 
+def vertex_normals_reference(vertices: torch.Tensor, faces: torch.Tensor, meshes: torch.Tensor,
+                             meshes_per_chunk: int = 64) -> torch.Tensor:
+    """Area-weighted unit vertex normals (NV, 3) of packed meshes, as `_C.vertex_normals`."""
+    normals = torch.zeros_like(vertices)
+    rows = meshes.tolist()
+    for first in range(0, len(rows), meshes_per_chunk):
+        packed = torch.cat([faces[face_start:face_start + face_count].long() + vertex_start
+                            for vertex_start, _, face_start, face_count in rows[first:first + meshes_per_chunk]])
+        corners = vertices[packed]
+        face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        for corner in range(3):
+            normals.index_add_(0, packed[:, corner], face_normals)
+    return normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view, images, triangle_ids, *, channels,
                            normals=None, attributes=None, barycentrics=None, normalise_depth=True,
                            cull_backfaces=False,
@@ -182,7 +197,8 @@ def _barycentrics(triangles, screen, mesh_faces, ids, pixels, width) -> torch.Te
     inv_w = screen["inv_w"][mesh_faces[ids].long()].gather(1, part["corner"])
     p = [w[s] * inv_w[:, s] for s in range(3)]
     total = (p[0] + p[1]) + p[2]
-    return torch.zeros(len(ids), 3, device=inv_w.device).scatter_(1, part["corner"], torch.stack([q / total for q in p], dim=1))
+    weights = torch.stack([q / total for q in p], dim=1)
+    return torch.zeros(len(ids), 3, device=inv_w.device).scatter_(1, part["corner"], weights)
 
 
 def _shade(out, layout, pixels, bary, corners, corner_depth, normals, attributes, world_to_view, light,

@@ -61,6 +61,11 @@ struct RasterOutputs {
 void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
                       int num_threads);
 
+// Area-weighted unit vertex normals of each mesh into normals (NV, 3); vertices of no face get zero.
+// Meshes must own disjoint vertex ranges.
+void vertex_normals_cpu(const float* vertices, const int32_t* faces, const int64_t* meshes, int64_t num_meshes,
+                        float* normals, int num_threads);
+
 #ifdef AFFECTVLM_WITH_CUDA
 // Launches on `stream` (a cudaStream_t) and returns without waiting; throws std::runtime_error on a launch
 // error.

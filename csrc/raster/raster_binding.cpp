@@ -68,6 +68,16 @@ void check_meshes_on_cpu(const ArrayView& meshes, const ArrayView& faces, int64_
   }
 }
 
+void require_disjoint_vertex_ranges(const ArrayView& meshes) {
+  const auto* rows = meshes.data_as<const MeshRange>();
+  for (int64_t b = 1; b < meshes.size(0); ++b) {
+    if (rows[b].vertex_start < rows[b - 1].vertex_start + rows[b - 1].vertex_count) {
+      throw py::value_error("meshes row " + std::to_string(b) +
+                            ": vertex ranges must follow each other without overlapping");
+    }
+  }
+}
+
 void require_image_shape(const ArrayView& view, int64_t meshes, int64_t views, int64_t channels, int64_t height,
                          int64_t width) {
   view.require_ndim(channels < 0 ? 4 : 5).require_size(0, meshes).require_size(1, views);
@@ -81,8 +91,8 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
                           py::handle world_to_clip_obj, py::handle world_to_view_obj, py::handle images_obj,
                           py::handle triangle_ids_obj, const std::vector<std::string>& channels,
                           py::object normals_obj, py::object attributes_obj, py::object barycentrics_obj,
-                          py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces, std::array<float, 3> light, float ambient,
-                          int num_threads, uintptr_t stream) {
+                          py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces,
+                          std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream) {
   const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
   vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous();
   const Device device = vertices.device();
@@ -179,7 +189,8 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   if (device.type == DeviceType::CPU) {
     check_meshes_on_cpu(meshes, faces, num_vertices);
     py::gil_scoped_release release;
-    render_views_cpu(p, in, out, num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency()));
+    const int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+    render_views_cpu(p, in, out, threads);
     return;
   }
 #ifdef AFFECTVLM_WITH_CUDA
@@ -192,6 +203,25 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   throw py::value_error("vertices are on " + device_name(device) +
                         " but this build of affectvlm has no CUDA kernels; reinstall with nvcc available");
 #endif
+}
+
+void vertex_normals_binding(py::handle vertices_obj, py::handle faces_obj, py::handle meshes_obj,
+                            py::handle normals_obj, int num_threads) {
+  const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
+  const Device cpu{DeviceType::CPU, 0};
+  vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(cpu);
+  const ArrayView faces = ArrayView::from_python(faces_obj, "faces");
+  faces.require_dtype({DType::Int32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(cpu);
+  const ArrayView meshes = ArrayView::from_python(meshes_obj, "meshes");
+  meshes.require_dtype({DType::Int64}).require_ndim(2).require_size(1, 4).require_contiguous().require_device(cpu);
+  const ArrayView normals = ArrayView::from_python(normals_obj, "normals");
+  normals.require_dtype({DType::Float32}).require_ndim(2).require_size(0, vertices.size(0)).require_size(1, 3)
+      .require_contiguous().require_writable().require_device(cpu);
+  check_meshes_on_cpu(meshes, faces, vertices.size(0));
+  require_disjoint_vertex_ranges(meshes);
+  py::gil_scoped_release release;
+  vertex_normals_cpu(vertices.data_as<const float>(), faces.data_as<const int32_t>(), meshes.data_as<const int64_t>(),
+                     meshes.size(0), normals.data_as<float>(), num_threads > 0 ? num_threads : 1);
 }
 
 }  // namespace raster

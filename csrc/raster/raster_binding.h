@@ -15,8 +15,12 @@ void render_views_binding(pybind11::handle vertices, pybind11::handle faces, pyb
                           pybind11::handle world_to_clip, pybind11::handle world_to_view, pybind11::handle images,
                           pybind11::handle triangle_ids, const std::vector<std::string>& channels,
                           pybind11::object normals, pybind11::object attributes, pybind11::object barycentrics,
-                          pybind11::object zbuffer, bool normalise_depth, bool cull_backfaces, std::array<float, 3> light, float ambient,
-                          int num_threads, uintptr_t stream);
+                          pybind11::object zbuffer, bool normalise_depth, bool cull_backfaces,
+                          std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream);
+
+// `_C.vertex_normals`: the CPU normals of packed meshes (see raster.h); GPU batches use torch.
+void vertex_normals_binding(pybind11::handle vertices, pybind11::handle faces, pybind11::handle meshes,
+                            pybind11::handle normals, int num_threads);
 
 }  // namespace raster
 }  // namespace affectvlm

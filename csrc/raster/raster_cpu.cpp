@@ -1,6 +1,7 @@
-// CPU kernel: (mesh, view) images handed out to threads one at a time. Per image the mesh's vertices are projected once, each
-// triangle walks its pixel bounding box with incremental integer edge functions into a z-buffer that stays
-// in the thread's cache, a resolve pass shades the winning fragments, and the depth channel is rescaled.
+// CPU kernel: (mesh, view) images handed out to threads one at a time. Per image the mesh's vertices are
+// projected once, each triangle walks its pixel bounding box with incremental integer edge functions into a
+// z-buffer that stays in the thread's cache, a resolve pass shades the winning fragments, and the depth
+// channel is rescaled.
 //
 // Plain threads that block when out of work, rather than OpenMP: libgomp's default spin-waiting stalls a
 // call for whole scheduler time slices when the cores are shared (on the 2-core CI machine under load, a
@@ -120,24 +121,67 @@ void render_image(const RasterParams& p, const RasterInputs& in, const RasterOut
   if (p.depth_channel >= 0 && p.normalise_depth) normalise_image_depth(p, out, image);
 }
 
+
+// Runs work(claim) on up to num_threads threads, the caller's among them; each claims item numbers with
+// claim() until one is >= count. A thread is started only per `min_items_per_thread` items.
+template <typename Work>
+void share_out(int64_t count, int num_threads, int64_t min_items_per_thread, Work work) {
+  std::atomic<int64_t> next{0};
+  auto claim = [&next] { return next++; };
+  const int64_t threads_worth_starting = std::max<int64_t>(count / min_items_per_thread, 1);
+  const int64_t helpers = std::min<int64_t>(std::max(num_threads, 1), threads_worth_starting) - 1;
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < helpers; ++t) threads.emplace_back([&] { work(claim); });
+  work(claim);
+  for (std::thread& thread : threads) thread.join();
+}
+
+void mesh_vertex_normals(const float* vertices, const int32_t* faces, const MeshRange& mesh, float* normals) {
+  float* own = normals + mesh.vertex_start * 3;
+  std::fill_n(own, mesh.vertex_count * 3, 0.0f);
+  const float* own_vertices = vertices + mesh.vertex_start * 3;
+  for (int64_t f = mesh.face_start; f < mesh.face_start + mesh.face_count; ++f) {
+    const float* a = own_vertices + faces[f * 3] * 3;
+    const float* b = own_vertices + faces[f * 3 + 1] * 3;
+    const float* c = own_vertices + faces[f * 3 + 2] * 3;
+    const float ab[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
+    const float ac[3] = {c[0] - a[0], c[1] - a[1], c[2] - a[2]};
+    const float normal[3] = {ab[1] * ac[2] - ab[2] * ac[1], ab[2] * ac[0] - ab[0] * ac[2],
+                             ab[0] * ac[1] - ab[1] * ac[0]};  // twice the area, so larger faces weigh more
+    for (int corner = 0; corner < 3; ++corner) {
+      float* target = own + faces[f * 3 + corner] * 3;
+      for (int axis = 0; axis < 3; ++axis) target[axis] += normal[axis];
+    }
+  }
+  for (int64_t v = 0; v < mesh.vertex_count; ++v) {
+    float* n = own + v * 3;
+    const float length = std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+    const float scale = length > 0.0f ? 1.0f / length : 0.0f;
+    for (int axis = 0; axis < 3; ++axis) n[axis] *= scale;
+  }
+}
+
 }  // namespace
 
 void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
                       int num_threads) {
   const int64_t images = params.num_meshes * params.num_views;
-  std::atomic<int64_t> next_image{0};
-  auto render_until_done = [&] {
+  share_out(images, num_threads, kMinImagesPerThread, [&](auto claim) {
     ImageScratch scratch;
-    for (int64_t image = next_image++; image < images; image = next_image++) {
+    for (int64_t image = claim(); image < images; image = claim()) {
       render_image(params, inputs, outputs, image, scratch);
     }
-  };
-  const int64_t threads_worth_starting = std::max<int64_t>(images / kMinImagesPerThread, 1);
-  const int64_t helpers = std::min<int64_t>(std::max(num_threads, 1), threads_worth_starting) - 1;
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < helpers; ++t) threads.emplace_back(render_until_done);
-  render_until_done();
-  for (std::thread& thread : threads) thread.join();
+  });
+}
+
+void vertex_normals_cpu(const float* vertices, const int32_t* faces, const int64_t* meshes, int64_t num_meshes,
+                        float* normals, int num_threads) {
+  const auto* rows = reinterpret_cast<const MeshRange*>(meshes);
+  share_out(num_meshes, num_threads, 1, [&](auto claim) {
+    for (int64_t mesh = claim(); mesh < num_meshes; mesh = claim()) {
+      mesh_vertex_normals(vertices, faces, rows[mesh], normals);
+    }
+  });
 }
 
 }  // namespace raster
