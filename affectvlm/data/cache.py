@@ -117,6 +117,7 @@ def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings =
     samples = index_dataset(data, settings.layout)
     if not samples:
         raise CacheError(f"{data}: no samples to render")
+    on_samples = on_samples or (lambda count: None)
     index = plan_index(data, samples, settings, shard_size)
     _start_index(out, index)
     num_channels = sum(s.stop - s.start for s in channel_layout(settings.channels).values())
@@ -124,13 +125,15 @@ def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings =
         rows = samples[number * shard_size:number * shard_size + shard["rows"]]
         shape = (len(rows), len(settings.views), num_channels, settings.size, settings.size)
         path = out / shard["file"]
-        if not shard_is_complete(path, shape, settings.dtype):
-            parts = [_render_batch(rows[first:first + batch_size], settings, device).cpu()
-                     for first in range(0, len(rows), batch_size)]
-            array = torch.cat(parts).numpy().astype(settings.dtype)
-            _write_atomically(path, lambda temporary: _save_npy(temporary, array))
-        if on_samples is not None:
+        if shard_is_complete(path, shape, settings.dtype):
             on_samples(len(rows))
+            continue
+        parts = []
+        for first in range(0, len(rows), batch_size):
+            parts.append(_render_batch(rows[first:first + batch_size], settings, device).cpu())
+            on_samples(len(parts[-1]))
+        array = torch.cat(parts).numpy().astype(settings.dtype)
+        _write_atomically(path, lambda temporary: _save_npy(temporary, array))
     return index
 
 
