@@ -118,22 +118,23 @@ AFFECTVLM_HD bool pixel_box(const ScreenVertex& v0, const ScreenVertex& v1, cons
 // degenerate and culled triangles.
 AFFECTVLM_HD bool orient_triangle(const ScreenVertex& v0, const ScreenVertex& v1, const ScreenVertex& v2,
                                   bool cull_backfaces, Triangle* t) {
-  const ScreenVertex* v[3] = {&v0, &v1, &v2};
   const int64_t area = (v1.x - v0.x) * (v2.y - v0.y) - (v1.y - v0.y) * (v2.x - v0.x);
   if (area == 0 || (cull_backfaces && area > 0)) return false;
   const bool swap = area < 0;
-  for (int s = 0; s < 3; ++s) {
-    const int corner = swap && s > 0 ? 3 - s : s;
-    t->corner[s] = corner;
-    t->x[s] = v[corner]->x;
-    t->y[s] = v[corner]->y;
-  }
+  const ScreenVertex& second = swap ? v2 : v1;
+  const ScreenVertex& third = swap ? v1 : v2;
+  t->corner[0] = 0;
+  t->corner[1] = swap ? 2 : 1;
+  t->corner[2] = swap ? 1 : 2;
+  t->x[0] = v0.x, t->x[1] = second.x, t->x[2] = third.x;
+  t->y[0] = v0.y, t->y[1] = second.y, t->y[2] = third.y;
   t->area = swap ? -area : area;
   t->inv_area = 1.0f / static_cast<float>(t->area);
+  // Edge s runs from slot s + 1 to slot s + 2 (mod 3).
+  const int64_t dx[3] = {t->x[2] - t->x[1], t->x[0] - t->x[2], t->x[1] - t->x[0]};
+  const int64_t dy[3] = {t->y[2] - t->y[1], t->y[0] - t->y[2], t->y[1] - t->y[0]};
   for (int s = 0; s < 3; ++s) {
-    const int64_t dx = t->x[(s + 2) % 3] - t->x[(s + 1) % 3];
-    const int64_t dy = t->y[(s + 2) % 3] - t->y[(s + 1) % 3];
-    const bool top_left = dy < 0 || (dy == 0 && dx > 0);
+    const bool top_left = dy[s] < 0 || (dy[s] == 0 && dx[s] > 0);
     t->inside_bias[s] = top_left ? 0 : 1;
   }
   return true;
