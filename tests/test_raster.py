@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from raster_scenes import (flat_cube, frontal_orthographic, grid_square, icosphere, random_cameras,
                            random_mesh)
 
@@ -423,3 +425,29 @@ def test_cuda_vertex_normals_match_cpu():
     batch = pack_meshes(torch.stack([vertices, vertices * 2]), faces)
     cuda_batch = pack_meshes(torch.stack([vertices, vertices * 2]).cuda(), faces.cuda())
     torch.testing.assert_close(vertex_normals(cuda_batch).cpu(), vertex_normals(batch), rtol=0, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_extension_either_renders_or_refuses_any_mesh_rows_and_faces(data):
+    """Arbitrary mesh rows and face indices never reach memory they do not own: a ValueError or a render."""
+    num_vertices = data.draw(st.integers(1, 12))
+    num_faces = data.draw(st.integers(1, 12))
+    faces = torch.tensor(data.draw(st.lists(st.lists(st.integers(-3, 15), min_size=3, max_size=3),
+                                            min_size=num_faces, max_size=num_faces)), dtype=torch.int32)
+    rows = torch.tensor(data.draw(st.lists(st.lists(st.integers(-2, 14), min_size=4, max_size=4),
+                                           min_size=1, max_size=3)), dtype=torch.int64)
+    arguments = _direct_arguments()
+    arguments.update(vertices=torch.randn(num_vertices, 3) * 0.5, faces=faces, meshes=rows,
+                     images=torch.zeros(len(rows), 1, 1, 8, 8),
+                     triangle_ids=torch.zeros(len(rows), 1, 8, 8, dtype=torch.int32))
+    try:
+        extension().render_views(**arguments)
+    except ValueError as error:
+        assert "meshes row" in str(error) or "faces must hold values" in str(error)
+        return
+    for (vertex_start, vertex_count, face_start, face_count) in rows.tolist():
+        assert 0 <= vertex_start and vertex_start + vertex_count <= num_vertices
+        assert 0 <= face_start and face_start + face_count <= num_faces
+        used = faces[face_start:face_start + face_count]
+        assert used.min() >= 0 and used.max() < vertex_count
