@@ -290,6 +290,21 @@ const ArrayView& ArrayView::require_writable() const {
   throw py::value_error(name_ + " is read-only but is written to; pass a writable array");
 }
 
+const ArrayView& ArrayView::require_values_in_range(int64_t low, int64_t high) const {
+  require_dtype({DType::Int32, DType::Int64}).require_contiguous();
+  if (device_.type != DeviceType::CPU) {
+    throw py::value_error(name_ + ": values can only be range-checked on the CPU, got " + device_name(device_));
+  }
+  for (int64_t i = 0; i < numel(); ++i) {
+    const int64_t value = dtype_ == DType::Int64 ? data_as<int64_t>()[i] : data_as<int32_t>()[i];
+    if (value < low || value >= high) {
+      throw py::value_error(name_ + " must hold values in [" + std::to_string(low) + ", " + std::to_string(high) +
+                            "), got " + std::to_string(value) + " at index " + std::to_string(i));
+    }
+  }
+  return *this;
+}
+
 py::dict describe(py::handle obj, const std::string& name, py::object dtype, py::object ndim, bool contiguous,
                   py::object device, bool writable) {
   const ArrayView view = ArrayView::from_python(obj, name);

@@ -57,6 +57,9 @@ class ArrayView {
   const ArrayView& require_contiguous() const;
   const ArrayView& require_device(Device device) const;
   const ArrayView& require_writable() const;
+  // Every value of an int32/int64 CPU array lies in [low, high): what an index or label array needs before
+  // a kernel indexes with it. Values on a GPU cannot be read here; checking them is the caller's job.
+  const ArrayView& require_values_in_range(int64_t low, int64_t high) const;
 
  private:
   std::string name_;

@@ -1,0 +1,109 @@
+// The per-pair formulas and the final reductions, shared by the CPU and CUDA kernels so that both compute
+// the loss the same way. Everything here is plain arithmetic on doubles, callable from host and device.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "contrastive/contrastive.h"
+
+#ifdef __CUDACC__
+#define AFFECTVLM_HOST_DEVICE __host__ __device__
+#else
+#define AFFECTVLM_HOST_DEVICE
+#endif
+
+namespace affectvlm::contrastive {
+
+AFFECTVLM_HOST_DEVICE inline const int64_t* image_class_counts(const Saved& s) { return s.class_counts; }
+AFFECTVLM_HOST_DEVICE inline const int64_t* text_class_counts(const Saved& s, int64_t num_classes) {
+  return s.class_counts + num_classes;
+}
+
+// Pair and row counts follow from the class histograms alone.
+AFFECTVLM_HOST_DEVICE inline void count_pairs(const Inputs& in, const Saved& saved) {
+  const int64_t* images = image_class_counts(saved);
+  const int64_t* texts = text_class_counts(saved, in.num_classes);
+  double same_label_pairs = 0, anchors = 0, image_rows = 0, text_rows = 0;
+  for (int64_t k = 0; k < in.num_classes; ++k) {
+    const double c = double(images[k]);
+    same_label_pairs += c * c;
+    if (images[k] >= 2 && images[k] < in.num_images) anchors += c;
+    if (texts[k] > 0) image_rows += c;
+    if (images[k] > 0) text_rows += double(texts[k]);
+  }
+  const double n = double(in.num_images);
+  saved.totals[kPositivePairs] = same_label_pairs - n;
+  saved.totals[kNegativePairs] = n * n - same_label_pairs;
+  saved.totals[kAnchors] = anchors;
+  saved.totals[kImageRowsWithMatch] = image_rows;
+  saved.totals[kTextRowsWithMatch] = text_rows;
+}
+
+AFFECTVLM_HOST_DEVICE inline double ratio_or_zero(double numerator, double count) {
+  return count > 0 ? numerator / count : 0.0;
+}
+
+// One row's InfoNCE loss: log-sum-exp minus the mean logit over its matches (0 for a row without matches).
+AFFECTVLM_HOST_DEVICE inline double infonce_row_loss(double log_sum_exp, double match_logit_sum, int64_t matches) {
+  return matches > 0 ? log_sum_exp - match_logit_sum / double(matches) : 0.0;
+}
+
+// Sums the per-row statistics in row order (so the result does not depend on how rows were scheduled)
+// and writes the three loss terms and the active-hinge counts. Needs count_pairs first.
+AFFECTVLM_HOST_DEVICE inline void finish_totals(const Inputs& in, const Saved& saved) {
+  const int64_t n = in.num_images, m = in.num_texts;
+  const int64_t* texts_of_class = text_class_counts(saved, in.num_classes);
+  const int64_t* images_of_class = image_class_counts(saved);
+  double positive_cosines = 0, hinges = 0, active_hinges = 0, triplets = 0, active_triplets = 0, image_rows = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double* row = saved.image_stats + i;  // stat k of row i is row[k * n]
+    positive_cosines += row[kPositiveCosineSum * n];
+    hinges += row[kHingeSum * n];
+    active_hinges += row[kHingeCount * n];
+    triplets += row[kTripletHinge * n];
+    active_triplets += row[kTripletHinge * n] > 0 ? 1.0 : 0.0;
+    if (m > 0) {
+      image_rows += infonce_row_loss(row[kImageLogSumExp * n], row[kImageMatchLogitSum * n],
+                                     texts_of_class[in.image_labels[i]]);
+    }
+  }
+  double text_rows = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double* row = saved.text_stats + j;
+    text_rows += infonce_row_loss(row[kTextLogSumExp * m], row[kTextMatchLogitSum * m],
+                                  images_of_class[in.text_labels[j]]);
+  }
+  double* totals = saved.totals;
+  const double positive_pairs = totals[kPositivePairs];
+  totals[kLossContrastive] = (positive_pairs > 0 ? 1.0 - positive_cosines / positive_pairs : 0.0) +
+                             ratio_or_zero(hinges, totals[kNegativePairs]);
+  totals[kLossTriplet] = ratio_or_zero(triplets, totals[kAnchors]);
+  totals[kLossImageText] = 0.5 * (ratio_or_zero(image_rows, totals[kImageRowsWithMatch]) +
+                                  ratio_or_zero(text_rows, totals[kTextRowsWithMatch]));
+  totals[kActiveHinges] = active_hinges;
+  totals[kActiveTriplets] = active_triplets;
+}
+
+// dLoss/dcos(z_i, z_j) of the multiview contrastive term for an ordered pair i != j, counted twice because
+// the sum over ordered pairs holds both cos(z_i, z_j) and cos(z_j, z_i).
+AFFECTVLM_HOST_DEVICE inline double contrastive_pair_gradient(bool same_label, double cosine, double margin,
+                                                              double weight, const double* totals) {
+  if (same_label) return -2.0 * weight / totals[kPositivePairs];
+  return cosine - margin > 0 ? 2.0 * weight / totals[kNegativePairs] : 0.0;
+}
+
+// What one side of the InfoNCE contributes to dLoss/dlogit(i, j): (softmax - match / matches) / rows.
+AFFECTVLM_HOST_DEVICE inline double infonce_side_gradient(double logit, double log_sum_exp, bool match,
+                                                          int64_t matches, double rows_with_match) {
+  if (matches == 0) return 0.0;
+  return (exp(logit - log_sum_exp) - (match ? 1.0 / double(matches) : 0.0)) / rows_with_match;
+}
+
+// dLoss/dalpha: each active contrastive hinge contributes -1/|Q|, each active triplet +1/A.
+AFFECTVLM_HOST_DEVICE inline double margin_gradient(const double* totals, const double* term_gradients) {
+  return -term_gradients[0] * ratio_or_zero(totals[kActiveHinges], totals[kNegativePairs]) +
+         term_gradients[1] * ratio_or_zero(totals[kActiveTriplets], totals[kAnchors]);
+}
+
+}  // namespace affectvlm::contrastive
