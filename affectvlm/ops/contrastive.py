@@ -53,7 +53,7 @@ def contrastive_loss(
     """
     images, image_labels, texts, text_labels = _checked(images, image_labels, texts, text_labels)
     if num_classes is None:
-        num_classes = int(max(image_labels.max(), text_labels.max(initial=0))) + 1
+        num_classes = int(torch.cat([image_labels, text_labels]).max()) + 1
     _check_label_range(image_labels, "image_labels", num_classes)
     _check_label_range(text_labels, "text_labels", num_classes)
     scale = torch.as_tensor(scale, dtype=torch.float64, device=images.device)
