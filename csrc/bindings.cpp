@@ -123,12 +123,12 @@ void contrastive_backward(py::handle images, py::handle image_labels, py::handle
   const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes);
   const auto in = contrastive_saved(args.inputs, args.device, image_stats, text_stats, hardest_positive,
                                     hardest_negative, class_counts, totals);
-  const DType dtype = args.views[0].dtype();
+  const DType grad_dtype = args.views[0].dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
   const int64_t dim = args.inputs.dim;
   std::vector<ArrayView> v{
       view_output(term_gradients, "term_gradients", {DType::Float64}, args.device, {3}),
-      view_output(image_grad, "image_grad", {dtype}, args.device, {args.inputs.num_images, dim}),
-      view_output(text_grad, "text_grad", {dtype}, args.device, {args.inputs.num_texts, dim}),
+      view_output(image_grad, "image_grad", {grad_dtype}, args.device, {args.inputs.num_images, dim}),
+      view_output(text_grad, "text_grad", {grad_dtype}, args.device, {args.inputs.num_texts, dim}),
       view_output(scale_and_margin_grad, "scale_and_margin_grad", {DType::Float64}, args.device, {2})};
   const contrastive::Gradients grad{v[0].data_as<double>(), v[1].data(), v[2].data(), v[3].data_as<double>()};
   py::gil_scoped_release release;

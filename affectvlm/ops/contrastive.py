@@ -129,14 +129,15 @@ class _ContrastiveFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, term_gradients):
         z, image_labels, t, text_labels, scale_and_margin, *saved = ctx.saved_tensors
-        image_grad = torch.empty_like(z)
-        text_grad = torch.empty_like(t)
+        grad_dtype = _result_dtype(z)  # the kernels accumulate float16/bfloat16 gradients in float32
+        image_grad = torch.empty_like(z, dtype=grad_dtype)
+        text_grad = torch.empty_like(t, dtype=grad_dtype)
         scalar_grads = torch.empty(2, dtype=torch.float64, device=z.device)
         extension().contrastive_backward(
             z, image_labels, t, text_labels, scale_and_margin, ctx.num_classes, *saved,
             term_gradients.to(torch.float64).contiguous(), image_grad, text_grad, scalar_grads, stream=_stream(z),
         )
-        return (image_grad, None, text_grad, None, scalar_grads[0].to(ctx.scale_dtype),
+        return (image_grad.to(z.dtype), None, text_grad.to(t.dtype), None, scalar_grads[0].to(ctx.scale_dtype),
                 scalar_grads[1].to(ctx.margin_dtype), None)
 
 

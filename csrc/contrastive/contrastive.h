@@ -26,6 +26,7 @@ enum ImageStat : int {
   kImageLogSumExp,         // log-sum-exp over texts of scale * cos(z_i, t_j)
   kImageMatchLogitSum,     // sum of those logits over texts with the same label
   kScaleGradient,          // this row's share of dLoss/dscale (backward)
+  kSquaredNorm,            // |z_i|^2 of the normalised row: 1, or 0 for a zero vector
   kNumImageStats
 };
 
@@ -72,7 +73,9 @@ struct Saved {
 
 struct Gradients {
   const double* term_gradients;  // 3 values: dOutput/dL_mc, dOutput/dL_mt, dOutput/dL_it
-  void* images;                  // num_images × dim, dOutput/dZ (normalised), written in full
+  // dOutput/dZ and dOutput/dT of the normalised embeddings, written in full: float64 for float64 inputs,
+  // float32 otherwise (float16 and bfloat16 inputs get float32 gradients).
+  void* images;                  // num_images × dim
   void* texts;                   // num_texts × dim
   double* scale_and_margin;      // 2 values: dOutput/ds, dOutput/dalpha
 };
@@ -81,6 +84,7 @@ void forward_cpu(const Inputs& in, const Saved& saved);
 void backward_cpu(const Inputs& in, const Saved& saved, const Gradients& grad);
 
 #ifdef AFFECTVLM_WITH_CUDA
+// float32, float16 and bfloat16 inputs; products and sums in float32, row statistics in float64.
 void forward_cuda(const Inputs& in, const Saved& saved, intptr_t stream);
 void backward_cuda(const Inputs& in, const Saved& saved, const Gradients& grad, intptr_t stream);
 #endif

@@ -49,40 +49,59 @@ AFFECTVLM_HOST_DEVICE inline double infonce_row_loss(double log_sum_exp, double 
   return matches > 0 ? log_sum_exp - match_logit_sum / double(matches) : 0.0;
 }
 
-// Sums the per-row statistics in row order (so the result does not depend on how rows were scheduled)
-// and writes the three loss terms and the active-hinge counts. Needs count_pairs first.
-AFFECTVLM_HOST_DEVICE inline void finish_totals(const Inputs& in, const Saved& saved) {
-  const int64_t n = in.num_images, m = in.num_texts;
-  const int64_t* texts_of_class = text_class_counts(saved, in.num_classes);
-  const int64_t* images_of_class = image_class_counts(saved);
-  double positive_cosines = 0, hinges = 0, active_hinges = 0, triplets = 0, active_triplets = 0, image_rows = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double* row = saved.image_stats + i;  // stat k of row i is row[k * n]
-    positive_cosines += row[kPositiveCosineSum * n];
-    hinges += row[kHingeSum * n];
-    active_hinges += row[kHingeCount * n];
-    triplets += row[kTripletHinge * n];
-    active_triplets += row[kTripletHinge * n] > 0 ? 1.0 : 0.0;
-    if (m > 0) {
-      image_rows += infonce_row_loss(row[kImageLogSumExp * n], row[kImageMatchLogitSum * n],
-                                     texts_of_class[in.image_labels[i]]);
-    }
+// The sums over rows that the loss terms need. Summed in a fixed order by each kernel so that results do
+// not depend on how rows were scheduled.
+struct RowSums {
+  double positive_cosines = 0, hinges = 0, active_hinges = 0, triplets = 0, active_triplets = 0;
+  double image_rows = 0, text_rows = 0;  // InfoNCE losses of rows with at least one match
+
+  AFFECTVLM_HOST_DEVICE void add(const RowSums& o) {
+    positive_cosines += o.positive_cosines;
+    hinges += o.hinges;
+    active_hinges += o.active_hinges;
+    triplets += o.triplets;
+    active_triplets += o.active_triplets;
+    image_rows += o.image_rows;
+    text_rows += o.text_rows;
   }
-  double text_rows = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    const double* row = saved.text_stats + j;
-    text_rows += infonce_row_loss(row[kTextLogSumExp * m], row[kTextMatchLogitSum * m],
-                                  images_of_class[in.text_labels[j]]);
+};
+
+AFFECTVLM_HOST_DEVICE inline RowSums image_row_sums(const Inputs& in, const Saved& saved, int64_t i) {
+  const int64_t n = in.num_images;
+  const double* row = saved.image_stats + i;  // stat k of row i is row[k * n]
+  RowSums sums;
+  sums.positive_cosines = row[kPositiveCosineSum * n];
+  sums.hinges = row[kHingeSum * n];
+  sums.active_hinges = row[kHingeCount * n];
+  sums.triplets = row[kTripletHinge * n];
+  sums.active_triplets = row[kTripletHinge * n] > 0 ? 1.0 : 0.0;
+  if (in.num_texts > 0) {
+    sums.image_rows = infonce_row_loss(row[kImageLogSumExp * n], row[kImageMatchLogitSum * n],
+                                       text_class_counts(saved, in.num_classes)[in.image_labels[i]]);
   }
+  return sums;
+}
+
+AFFECTVLM_HOST_DEVICE inline RowSums text_row_sums(const Inputs& in, const Saved& saved, int64_t j) {
+  const int64_t m = in.num_texts;
+  const double* row = saved.text_stats + j;
+  RowSums sums;
+  sums.text_rows = infonce_row_loss(row[kTextLogSumExp * m], row[kTextMatchLogitSum * m],
+                                    image_class_counts(saved)[in.text_labels[j]]);
+  return sums;
+}
+
+// Writes the three loss terms and the active counts from the row sums. Needs count_pairs first.
+AFFECTVLM_HOST_DEVICE inline void write_totals(const Saved& saved, const RowSums& sums) {
   double* totals = saved.totals;
   const double positive_pairs = totals[kPositivePairs];
-  totals[kLossContrastive] = (positive_pairs > 0 ? 1.0 - positive_cosines / positive_pairs : 0.0) +
-                             ratio_or_zero(hinges, totals[kNegativePairs]);
-  totals[kLossTriplet] = ratio_or_zero(triplets, totals[kAnchors]);
-  totals[kLossImageText] = 0.5 * (ratio_or_zero(image_rows, totals[kImageRowsWithMatch]) +
-                                  ratio_or_zero(text_rows, totals[kTextRowsWithMatch]));
-  totals[kActiveHinges] = active_hinges;
-  totals[kActiveTriplets] = active_triplets;
+  totals[kLossContrastive] = (positive_pairs > 0 ? 1.0 - sums.positive_cosines / positive_pairs : 0.0) +
+                             ratio_or_zero(sums.hinges, totals[kNegativePairs]);
+  totals[kLossTriplet] = ratio_or_zero(sums.triplets, totals[kAnchors]);
+  totals[kLossImageText] = 0.5 * (ratio_or_zero(sums.image_rows, totals[kImageRowsWithMatch]) +
+                                  ratio_or_zero(sums.text_rows, totals[kTextRowsWithMatch]));
+  totals[kActiveHinges] = sums.active_hinges;
+  totals[kActiveTriplets] = sums.active_triplets;
 }
 
 // dLoss/dcos(z_i, z_j) of the multiview contrastive term for an ordered pair i != j, counted twice because

@@ -154,14 +154,12 @@ void for_each_tile(const T* a, int64_t num_a, const T* b, int64_t num_b, int64_t
 }
 
 template <typename T>
-std::vector<double> squared_norms(const T* z, int64_t n, int64_t dim) {
-  std::vector<double> out(n);
+void squared_norms(const T* z, int64_t n, int64_t dim, double* out) {
   for (int64_t i = 0; i < n; ++i) {
     T sum = 0;
     for (int64_t k = 0; k < dim; ++k) sum += z[i * dim + k] * z[i * dim + k];
     out[i] = double(sum);
   }
-  return out;
 }
 
 // Forward over Z·Zᵀ: positive cosine sums, active hinges, hardest positive and negative, triplet hinge.
@@ -169,7 +167,7 @@ template <typename T>
 struct MultiviewForward {
   const Inputs& in;
   const Saved& saved;
-  std::vector<double> norms;  // squared norms of the normalised rows (1, or 0 for a zero vector)
+  const double* norms;  // squared norms of the normalised rows
 
   double* stat(int stat, int64_t i) const { return saved.image_stats + stat * in.num_images + i; }
 
@@ -330,7 +328,9 @@ void forward(const Inputs& in, const Saved& saved) {
   count_classes(in, saved);
   count_pairs(in, saved);
 
-  MultiviewForward<T> multiview{in, saved, squared_norms(z, n, dim)};
+  double* norms = saved.image_stats + kSquaredNorm * n;
+  squared_norms(z, n, dim, norms);
+  MultiviewForward<T> multiview{in, saved, norms};
   for_each_tile(z, n, z, n, dim, multiview);
 
   const double scale = in.scale_and_margin[0];
@@ -344,7 +344,10 @@ void forward(const Inputs& in, const Saved& saved) {
   } else {
     std::fill(saved.image_stats + kImageLogSumExp * n, saved.image_stats + (kImageMatchLogitSum + 1) * n, 0.0);
   }
-  finish_totals(in, saved);
+  RowSums sums;
+  for (int64_t i = 0; i < n; ++i) sums.add(image_row_sums(in, saved, i));
+  for (int64_t j = 0; j < m; ++j) sums.add(text_row_sums(in, saved, j));
+  write_totals(saved, sums);
 }
 
 // The triplet term touches three rows per anchor; accumulated serially in anchor order.
