@@ -1,4 +1,4 @@
-// CPU kernels: tiles of 64 rows × 64 columns of A·Bᵀ, computed with a register-blocked loop the compiler
+// CPU kernels: tiles of 128 rows × 64 columns of A·Bᵀ, computed with a register-blocked loop the compiler
 // vectorises, and handed to a per-tile visitor. Threads own blocks of rows and every row's statistics and
 // gradients are accumulated by its owner in column order, so results are bit-identical for any thread count.
 //
@@ -17,24 +17,25 @@
 namespace affectvlm::contrastive {
 namespace {
 
-constexpr int64_t kTile = 64;
+constexpr int64_t kBlockRows = 128;  // rows of A per task; each packed column tile serves all of them
+constexpr int64_t kTile = 64;        // columns (rows of B) per tile
+constexpr int64_t kTransposeBlock = 16;
 constexpr int kMicroRows = 4;
-constexpr int kMicroCols = 16;
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
 // Per-thread scratch, sized once per pass.
 template <typename T>
 struct Buffers {
-  std::vector<T> rows;         // kTile × dim: the block's rows of A, zero-padded
+  std::vector<T> rows;         // kBlockRows × dim: the block's rows of A, zero-padded
   std::vector<T> columns;      // dim × kTile: the tile's rows of B, transposed and zero-padded
-  std::vector<T> dots;         // kTile × kTile
-  std::vector<T> coefficients; // kTile × kTile: dLoss/d(dot) for the backward
-  std::vector<T> gradients;    // kTile × dim: the block's gradient accumulators
-  double state[kTile][4];      // per-row running statistics of the visitor
+  std::vector<T> dots;         // kBlockRows × kTile
+  std::vector<T> coefficients; // kBlockRows × kTile: dLoss/d(dot) for the backward
+  std::vector<T> gradients;    // kBlockRows × dim: the block's gradient accumulators
+  double state[kBlockRows][4]; // per-row running statistics of the visitor
 
   explicit Buffers(int64_t dim)
-      : rows(kTile * dim), columns(dim * kTile), dots(kTile * kTile), coefficients(kTile * kTile),
-        gradients(kTile * dim) {}
+      : rows(kBlockRows * dim), columns(dim * kTile), dots(kBlockRows * kTile), coefficients(kBlockRows * kTile),
+        gradients(kBlockRows * dim) {}
 };
 
 // A block of rows [row_begin, row_begin + rows) against columns [column_begin, column_begin + columns).
@@ -47,57 +48,96 @@ struct Tile {
 template <typename T>
 void pack_rows(const T* a, int64_t begin, int64_t count, int64_t dim, T* out) {
   std::memcpy(out, a + begin * dim, sizeof(T) * count * dim);
-  std::fill(out + count * dim, out + kTile * dim, T(0));
+  std::fill(out + count * dim, out + kBlockRows * dim, T(0));
 }
 
+// In blocks of 16 dimensions, so that reads and writes both stay within a few cache lines (rows of B are
+// often a power-of-two apart, which a plain column-by-column gather turns into cache conflicts).
 template <typename T>
 void pack_columns_transposed(const T* b, int64_t begin, int64_t count, int64_t dim, T* out) {
-  for (int64_t k = 0; k < dim; ++k) {
-    T* column = out + k * kTile;
-    for (int64_t c = 0; c < count; ++c) column[c] = b[(begin + c) * dim + k];
-    for (int64_t c = count; c < kTile; ++c) column[c] = T(0);
+  for (int64_t k0 = 0; k0 < dim; k0 += kTransposeBlock) {
+    const int64_t k1 = std::min(dim, k0 + kTransposeBlock);
+    for (int64_t c = 0; c < count; ++c) {
+      for (int64_t k = k0; k < k1; ++k) out[k * kTile + c] = b[(begin + c) * dim + k];
+    }
+    for (int64_t c = count; c < kTile; ++c) {
+      for (int64_t k = k0; k < k1; ++k) out[k * kTile + c] = T(0);
+    }
   }
 }
 
-// dots = rows · columns for a full (padded) 64 × 64 tile; 4 × 16 accumulators stay in registers.
+// Bodies are force-inlined so that each compiled clone below gets its own vectorised copy.
+#define AFFECTVLM_INLINE inline __attribute__((always_inline))
+
+// Register blocking with GCC/Clang vector types: a 4-row × 2-vector block of accumulators stays in
+// registers while the loop walks the shared dimension; each clone below lowers it to its instruction set.
 template <typename T>
-inline void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
-  for (int r0 = 0; r0 < kTile; r0 += kMicroRows) {
-    for (int c0 = 0; c0 < kTile; c0 += kMicroCols) {
-      T acc[kMicroRows][kMicroCols] = {};
+struct Simd {
+  typedef T Vector __attribute__((vector_size(32)));
+  static constexpr int kLanes = 32 / sizeof(T);
+  static constexpr int kWidth = 2 * kLanes;  // columns per register block
+
+  // By reference: passing 32-byte vectors by value would depend on the clone's ABI.
+  static AFFECTVLM_INLINE void load(Vector& v, const T* p) { std::memcpy(&v, p, sizeof(v)); }
+  static AFFECTVLM_INLINE void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+// dots = rows · columnsᵀ for a full (zero-padded) 128 × 64 tile; `columns` is transposed (dim × 64).
+template <typename T>
+AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
+  using S = Simd<T>;
+  using V = typename S::Vector;
+  for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {
+    for (int c0 = 0; c0 < kTile; c0 += S::kWidth) {
+      V acc[kMicroRows][2] = {};
       for (int64_t k = 0; k < dim; ++k) {
-        const T* column = columns + k * kTile + c0;
+        V b0, b1;
+        S::load(b0, columns + k * kTile + c0);
+        S::load(b1, columns + k * kTile + c0 + S::kLanes);
         for (int r = 0; r < kMicroRows; ++r) {
-          const T value = rows[(r0 + r) * dim + k];
-          for (int c = 0; c < kMicroCols; ++c) acc[r][c] += value * column[c];
+          const T a = rows[(r0 + r) * dim + k];
+          acc[r][0] += a * b0;
+          acc[r][1] += a * b1;
         }
       }
       for (int r = 0; r < kMicroRows; ++r) {
-        for (int c = 0; c < kMicroCols; ++c) dots[(r0 + r) * kTile + c0 + c] = acc[r][c];
+        S::store(dots + (r0 + r) * kTile + c0, acc[r][0]);
+        S::store(dots + (r0 + r) * kTile + c0 + S::kLanes, acc[r][1]);
       }
     }
   }
 }
 
-// gradients[r] += sum_c coefficients[r][c] * b[column_begin + c], for the tile's real columns.
+// gradients[r] += sum_c coefficients[r][c] * b[c] over the tile's real columns (b holds rows of B).
 template <typename T>
-inline void accumulate_body(const T* coefficients, const T* b, int64_t columns, int64_t dim, T* gradients) {
-  for (int r0 = 0; r0 < kTile; r0 += kMicroRows) {
+AFFECTVLM_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t columns, int64_t dim,
+                                      T* gradients) {
+  using S = Simd<T>;
+  using V = typename S::Vector;
+  for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {
     int64_t k0 = 0;
-    for (; k0 + kMicroCols <= dim; k0 += kMicroCols) {
-      T acc[kMicroRows][kMicroCols] = {};
+    for (; k0 + S::kWidth <= dim; k0 += S::kWidth) {
+      V acc[kMicroRows][2] = {};
       for (int64_t c = 0; c < columns; ++c) {
-        const T* column = b + c * dim + k0;
+        V b0, b1;
+        S::load(b0, b + c * dim + k0);
+        S::load(b1, b + c * dim + k0 + S::kLanes);
         for (int r = 0; r < kMicroRows; ++r) {
           const T weight = coefficients[(r0 + r) * kTile + c];
-          for (int k = 0; k < kMicroCols; ++k) acc[r][k] += weight * column[k];
+          acc[r][0] += weight * b0;
+          acc[r][1] += weight * b1;
         }
       }
       for (int r = 0; r < kMicroRows; ++r) {
-        for (int k = 0; k < kMicroCols; ++k) gradients[(r0 + r) * dim + k0 + k] += acc[r][k];
+        T* out = gradients + (r0 + r) * dim + k0;
+        V sum0, sum1;
+        S::load(sum0, out);
+        S::load(sum1, out + S::kLanes);
+        S::store(out, sum0 + acc[r][0]);
+        S::store(out + S::kLanes, sum1 + acc[r][1]);
       }
     }
-    for (int r = r0; r < r0 + kMicroRows; ++r) {  // the last dim % 16 entries
+    for (int r = r0; r < r0 + kMicroRows; ++r) {  // the last dim % kWidth entries
       for (int64_t c = 0; c < columns; ++c) {
         const T weight = coefficients[r * kTile + c];
         for (int64_t k = k0; k < dim; ++k) gradients[r * dim + k] += weight * b[c * dim + k];
@@ -106,9 +146,10 @@ inline void accumulate_body(const T* coefficients, const T* b, int64_t columns, 
   }
 }
 
-// The hot loops, compiled twice on x86-64: for AVX2 + FMA and for the baseline, chosen at load time.
+// The hot loops, compiled twice on x86-64: for x86-64-v3 (AVX2 + FMA) and for the baseline; the loader
+// picks by the CPU's features.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AFFECTVLM_VECTOR_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define AFFECTVLM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define AFFECTVLM_VECTOR_CLONES
 #endif
@@ -132,14 +173,14 @@ AFFECTVLM_VECTOR_CLONES void accumulate(const double* coefficients, const double
 // visitor.begin(block_begin, rows, buffers), visitor.tile(tile, buffers), visitor.end(block_begin, rows, buffers).
 template <typename T, typename Visitor>
 void for_each_tile(const T* a, int64_t num_a, const T* b, int64_t num_b, int64_t dim, Visitor& visitor) {
-  const int64_t blocks = (num_a + kTile - 1) / kTile;
+  const int64_t blocks = (num_a + kBlockRows - 1) / kBlockRows;
 #pragma omp parallel
   {
     Buffers<T> buffers(dim);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t row_begin = block * kTile;
-      const int64_t rows = std::min(kTile, num_a - row_begin);
+      const int64_t row_begin = block * kBlockRows;
+      const int64_t rows = std::min(kBlockRows, num_a - row_begin);
       pack_rows(a, row_begin, rows, dim, buffers.rows.data());
       visitor.begin(row_begin, rows, buffers);
       for (int64_t column_begin = 0; column_begin < num_b; column_begin += kTile) {
@@ -290,7 +331,7 @@ struct GradientAccumulator {
 
   void tile(const Tile<T>& tile, Buffers<T>& buffers) {
     T* out = buffers.coefficients.data();
-    for (int64_t r = 0; r < kTile; ++r) {
+    for (int64_t r = 0; r < kBlockRows; ++r) {
       for (int64_t c = 0; c < tile.columns; ++c) {
         out[r * kTile + c] =
             r < tile.rows ? T(coefficient(tile.row_begin + r, tile.column_begin + c, double(tile.dots[r * kTile + c])))
