@@ -324,3 +324,15 @@ def test_cuda_module_writes_every_output_element(n, m, dim):
     assert saved[4].sum() == n + m
     for array in (image_grad, text_grad, scalar_grads):
         assert array.isfinite().all()
+
+
+# Distributed: a real torchrun with two gloo processes on the CPU.
+
+def test_gathered_loss_on_two_ranks_has_the_single_process_gradients():
+    worker = os.path.join(os.path.dirname(__file__), "distributed_contrastive_worker.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("gradients match the single-process full batch") == 2
