@@ -1,5 +1,5 @@
-// CPU kernels: tiles of 128 rows × 64 columns of A·Bᵀ, computed with a register-blocked loop the compiler
-// vectorises, and handed to a per-tile visitor. Threads own blocks of rows and every row's statistics and
+// CPU kernels: tiles of 128 rows × 64 columns of A·Bᵀ, computed with register-blocked loops over GCC vector
+// types and handed to a per-tile visitor. Threads own blocks of rows and every row's statistics and
 // gradients are accumulated by its owner in column order, so results are bit-identical for any thread count.
 //
 // Dot products and gradient sums run in the input precision (float32 or float64); per-row statistics,
