@@ -4,15 +4,19 @@ ClipLoss, in the same run, with the peak memory each one adds.
 Two groups per shape:
 - `loss-...`: the full loss (L_mc + L_mt + L_it) with M = 56 text prompts (7 emotions × 8 prompts),
   affectvlm against the reference.
-- `infonce-...`: M = N image-text pairs with one label per pair (CLIP's setting), against ClipLoss, which
-  computes the InfoNCE term only; affectvlm still computes all three terms here.
+- `infonce-...`: M = N image-text pairs with one label per pair (CLIP's setting), the image-text term
+  alone (`multiview_terms=False`), against ClipLoss and the reference's L_it.
 
-Peak extra memory is the rise of the process's peak resident set over one warm-up step (the kernel of
-Linux's /proc/self/clear_refs resets the peak first); it counts everything the step allocates: the
-normalised copies, autograd's buffers and the gradients. Big shapes run one round.
+Memory, measured in a fresh process per case: `step_MiB`, the rise of the peak resident set over one
+step, counts everything the step allocates (the normalised copies, autograd's buffers, the gradients);
+`kernel_MiB`, for affectvlm, the same for the compiled forward and backward alone with their outputs
+allocated beforehand, i.e. the kernels' own memory beyond inputs and outputs. Big shapes run one round.
 """
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,6 +55,17 @@ def affectvlm_step(images, labels, texts, text_labels):
     sum(terms).backward()
 
 
+def affectvlm_infonce_step(images, labels, texts, text_labels):
+    z, t = images.requires_grad_(), texts.requires_grad_()
+    terms = contrastive_loss(z, labels, t, text_labels, scale=SCALE, margin=MARGIN, multiview_terms=False)
+    terms.image_text.backward()
+
+
+def reference_infonce_step(images, labels, texts, text_labels):
+    z, t = images.requires_grad_(), texts.requires_grad_()
+    contrastive_loss_reference(z, labels, t, text_labels, scale=SCALE, margin=MARGIN)[2].backward()
+
+
 def reference_step(images, labels, texts, text_labels):
     z, t = images.requires_grad_(), texts.requires_grad_()
     sum(contrastive_loss_reference(z, labels, t, text_labels, scale=SCALE, margin=MARGIN)).backward()
@@ -64,25 +79,69 @@ def clip_loss_step(images, labels, texts, text_labels):
     loss.backward()
 
 
+STEPS = {"affectvlm": affectvlm_step, "affectvlm_infonce": affectvlm_infonce_step, "reference": reference_step,
+         "reference_infonce": reference_infonce_step, "clip_loss": clip_loss_step}
+
+
 def _status_kib(field):
-    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
 
 
-def peak_extra_mib(step, inputs):
-    """The rise of the peak resident set during one call of step (also a warm-up)."""
-    fresh = [x.clone() for x in inputs]
+def _peak_rise_mib(call):
     with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current resident set
+        f.write("5")  # Linux: reset the peak resident set (VmHWM) to the current one
     before = _status_kib("VmRSS")
-    step(*fresh)
+    call()
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def run(benchmark, step, n, m, dim, paired):
+def _kernel_only(images, labels, texts, text_labels):
+    """The compiled forward and backward with every output allocated up front: the kernels' own memory."""
+    from affectvlm._ext import extension
+
+    C = extension()
+    layout = C.contrastive_layout()
+    n, m, classes = len(images), len(texts), int(torch.cat([labels, text_labels]).max()) + 1
+    z = torch.nn.functional.normalize(images, dim=1)
+    t = torch.nn.functional.normalize(texts, dim=1)
+    f64 = dict(dtype=torch.float64)
+    saved = [torch.zeros(layout["image_stats"], n, **f64), torch.zeros(layout["text_stats"], m, **f64),
+             torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
+             torch.zeros(2, classes, dtype=torch.int64), torch.zeros(layout["totals"], **f64)]
+    grads = [torch.zeros(3, **f64).fill_(1), torch.zeros_like(z), torch.zeros_like(t), torch.zeros(2, **f64)]
+    scalars = torch.tensor([SCALE, MARGIN], **f64)
+
+    def call():
+        C.contrastive_forward(z, labels, t, text_labels, scalars, classes, *saved)
+        C.contrastive_backward(z, labels, t, text_labels, scalars, classes, *saved, *grads)
+
+    return _peak_rise_mib(call)
+
+
+def measure_memory(step_name, n, m, dim, paired):
+    """Peak resident memory (MiB) that one step adds, in a fresh process so that no earlier allocation
+    that the allocator kept can hide it. For affectvlm also the kernels' own memory."""
+    command = [sys.executable, __file__, step_name, str(n), str(m), str(dim), str(int(paired))]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def _memory_main(step_name, n, m, dim, paired):
+    inputs = make_inputs(int(n), int(m), int(dim), bool(int(paired)))
+    out = {}
+    if step_name.startswith("affectvlm"):  # first, so that nothing the step leaves behind is reused
+        out["kernel_MiB"] = round(_kernel_only(*inputs), 1)
+    out["step_MiB"] = round(_peak_rise_mib(lambda: STEPS[step_name](*[x.clone() for x in inputs])), 1)
+    print(json.dumps(out))
+
+
+def run(benchmark, step_name, n, m, dim, paired):
+    benchmark.extra_info.update(measure_memory(step_name, n, m, dim, paired))
     inputs = make_inputs(n, m, dim, paired)
-    benchmark.extra_info["peak_extra_MiB"] = round(peak_extra_mib(step, inputs), 1)
+    step = STEPS[step_name]
     benchmark.pedantic(step, setup=lambda: ([x.clone() for x in inputs], {}), rounds=rounds_for(n),
-                       iterations=1)
+                       iterations=1, warmup_rounds=1 if n < 16384 else 0)
 
 
 LOSS_CASES = [pytest.param(n, d, id=f"N{n}-D{d}") for n in SIZES for d in DIMS]
@@ -92,28 +151,32 @@ INFONCE_CASES = [pytest.param(n, 512, id=f"N{n}-D512") for n in SIZES]
 @pytest.mark.parametrize("n, dim", LOSS_CASES)
 def test_loss_affectvlm(benchmark, n, dim):
     benchmark.group = f"loss-N{n}-D{dim}"
-    run(benchmark, affectvlm_step, n, PROMPTS, dim, paired=False)
+    run(benchmark, "affectvlm", n, PROMPTS, dim, paired=False)
 
 
 @pytest.mark.parametrize("n, dim", LOSS_CASES)
 def test_loss_reference(benchmark, n, dim):
     benchmark.group = f"loss-N{n}-D{dim}"
-    run(benchmark, reference_step, n, PROMPTS, dim, paired=False)
+    run(benchmark, "reference", n, PROMPTS, dim, paired=False)
 
 
 @pytest.mark.parametrize("n, dim", INFONCE_CASES)
 def test_infonce_affectvlm(benchmark, n, dim):
     benchmark.group = f"infonce-N{n}-D{dim}"
-    run(benchmark, affectvlm_step, n, n, dim, paired=True)
+    run(benchmark, "affectvlm_infonce", n, n, dim, paired=True)
 
 
 @pytest.mark.parametrize("n, dim", INFONCE_CASES)
 def test_infonce_peer_open_clip_clip_loss(benchmark, n, dim):
     benchmark.group = f"infonce-N{n}-D{dim}"
-    run(benchmark, clip_loss_step, n, n, dim, paired=True)
+    run(benchmark, "clip_loss", n, n, dim, paired=True)
 
 
 @pytest.mark.parametrize("n, dim", INFONCE_CASES[:2])  # the reference at 16k pairs needs ~20 GiB
 def test_infonce_reference(benchmark, n, dim):
     benchmark.group = f"infonce-N{n}-D{dim}"
-    run(benchmark, reference_step, n, n, dim, paired=True)
+    run(benchmark, "reference_infonce", n, n, dim, paired=True)
+
+
+if __name__ == "__main__":
+    _memory_main(*sys.argv[1:])

@@ -47,7 +47,8 @@ struct ContrastiveArguments {
 };
 
 ContrastiveArguments contrastive_inputs(py::handle images, py::handle image_labels, py::handle texts,
-                                        py::handle text_labels, py::handle scale_and_margin, int64_t num_classes) {
+                                        py::handle text_labels, py::handle scale_and_margin, int64_t num_classes,
+                                        bool multiview_terms) {
   ArrayView z = ArrayView::from_python(images, "images");
   const Device device = z.device();
   z.require_dtype({DType::Float16, DType::BFloat16, DType::Float32, DType::Float64}).require_ndim(2).require_contiguous();
@@ -68,7 +69,7 @@ ContrastiveArguments contrastive_inputs(py::handle images, py::handle image_labe
   scalars.require_ndim(1).require_size(0, 2);
 
   contrastive::Inputs in{precision_of(z.dtype()), z.data(), y.data_as<int64_t>(), n, t.data(), yt.data_as<int64_t>(),
-                         m, dim, num_classes, scalars.data_as<double>()};
+                         m, dim, num_classes, scalars.data_as<double>(), multiview_terms};
   return {{z, t, y, yt, scalars}, in, device};
 }
 
@@ -100,8 +101,9 @@ SavedArguments contrastive_saved(const contrastive::Inputs& in, Device device, p
 void contrastive_forward(py::handle images, py::handle image_labels, py::handle texts, py::handle text_labels,
                          py::handle scale_and_margin, int64_t num_classes, py::handle image_stats,
                          py::handle text_stats, py::handle hardest_positive, py::handle hardest_negative,
-                         py::handle class_counts, py::handle totals, intptr_t stream) {
-  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes);
+                         py::handle class_counts, py::handle totals, bool multiview_terms, intptr_t stream) {
+  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes,
+                                       multiview_terms);
   const auto out = contrastive_saved(args.inputs, args.device, image_stats, text_stats, hardest_positive,
                                      hardest_negative, class_counts, totals);
   py::gil_scoped_release release;
@@ -119,8 +121,9 @@ void contrastive_backward(py::handle images, py::handle image_labels, py::handle
                           py::handle text_stats, py::handle hardest_positive, py::handle hardest_negative,
                           py::handle class_counts, py::handle totals, py::handle term_gradients,
                           py::handle image_grad, py::handle text_grad, py::handle scale_and_margin_grad,
-                          intptr_t stream) {
-  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes);
+                          bool multiview_terms, intptr_t stream) {
+  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes,
+                                       multiview_terms);
   const auto in = contrastive_saved(args.inputs, args.device, image_stats, text_stats, hardest_positive,
                                     hardest_negative, class_counts, totals);
   const DType grad_dtype = args.views[0].dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
@@ -165,13 +168,13 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("contrastive_forward", &contrastive_forward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
         "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
-        "hardest_negative"_a, "class_counts"_a, "totals"_a, "stream"_a = 0,
+        "hardest_negative"_a, "class_counts"_a, "totals"_a, "multiview_terms"_a = true, "stream"_a = 0,
         "Forward of the fused contrastive loss on normalised embeddings; writes the saved statistics and totals "
         "(see csrc/contrastive/contrastive.h). Use affectvlm.ops.contrastive, not this.");
   m.def("contrastive_backward", &contrastive_backward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
         "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
         "hardest_negative"_a, "class_counts"_a, "totals"_a, "term_gradients"_a, "image_grad"_a, "text_grad"_a,
-        "scale_and_margin_grad"_a, "stream"_a = 0,
+        "scale_and_margin_grad"_a, "multiview_terms"_a = true, "stream"_a = 0,
         "Backward of the fused contrastive loss: writes every element of image_grad and text_grad and the "
         "gradients of the scale and margin.");
   m.def("contrastive_layout", &contrastive_layout, "Sizes and indices of the contrastive kernels' saved arrays.");

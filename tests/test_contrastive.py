@@ -82,6 +82,18 @@ def test_float32_is_close_to_the_float64_reference():
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("n, m, dim", [(1, 3, 5), (130, 70, 33)])
+def test_image_text_term_alone_matches_the_reference(n, m, dim):
+    inputs = make_inputs(n, m, dim, seed=n)
+    weights = torch.tensor([0.0, 0.0, 1.7], dtype=torch.float64)
+    expected, expected_grads = terms_and_gradients(contrastive_loss_reference, *inputs, weights)
+    actual, actual_grads = terms_and_gradients(kernel, *inputs, weights, multiview_terms=False)
+    assert actual[0] == 0 and actual[1] == 0
+    torch.testing.assert_close(actual[2], expected[2], rtol=1e-9, atol=1e-11)
+    for a, e in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
+
+
 def test_gradcheck_on_small_double_inputs():
     images, labels, texts, text_labels, scale, margin = make_inputs(9, 5, 3, seed=11)
     leaves = [x.clone().requires_grad_() for x in (images, texts, scale, margin)]

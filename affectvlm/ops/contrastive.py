@@ -44,12 +44,14 @@ def contrastive_loss(
     scale: torch.Tensor | float,
     margin: torch.Tensor | float,
     num_classes: int | None = None,
+    multiview_terms: bool = True,
 ) -> ContrastiveTerms:
     """The three loss terms for raw `images` (N, D) and optional `texts` (M, D) embeddings.
 
     Labels are int64 in [0, num_classes) (inferred from the labels when not given). `scale` and `margin`
-    may be tensors that require gradients. Float32 and float64 run on the CPU and the GPU; float16 and
-    bfloat16 on the GPU only.
+    may be tensors that require gradients. Float32 and float64 run on the CPU; float32, float16 and
+    bfloat16 on the GPU. `multiview_terms=False` computes the image-text term alone (CLIP-style training)
+    and reports L_mc and L_mt as 0.
     """
     images, image_labels, texts, text_labels = _checked(images, image_labels, texts, text_labels)
     if num_classes is None:
@@ -60,7 +62,8 @@ def contrastive_loss(
     margin = torch.as_tensor(margin, dtype=torch.float64, device=images.device)
     z = F.normalize(images, dim=1, eps=NORMALISE_EPS).contiguous()
     t = F.normalize(texts, dim=1, eps=NORMALISE_EPS).contiguous()
-    terms = _ContrastiveFunction.apply(z, image_labels, t, text_labels, scale, margin, num_classes)
+    terms = _ContrastiveFunction.apply(z, image_labels, t, text_labels, scale, margin, num_classes,
+                                       multiview_terms)
     return ContrastiveTerms(*terms.unbind())
 
 
@@ -104,7 +107,7 @@ class _ContrastiveFunction(torch.autograd.Function):
     """Normalised embeddings in, the terms (L_mc, L_mt, L_it) out; gradients to z, t, scale and margin."""
 
     @staticmethod
-    def forward(ctx, z, image_labels, t, text_labels, scale, margin, num_classes):
+    def forward(ctx, z, image_labels, t, text_labels, scale, margin, num_classes, multiview_terms):
         z, t = z.detach(), t.detach()  # DLPack refuses tensors that require gradients
         layout = extension().contrastive_layout()
         n, m = len(z), len(t)
@@ -120,8 +123,8 @@ class _ContrastiveFunction(torch.autograd.Function):
             torch.empty(layout["totals"], **f64),
         )
         extension().contrastive_forward(z, image_labels, t, text_labels, scale_and_margin, num_classes, *saved,
-                                        stream=_stream(z))
-        ctx.num_classes = num_classes
+                                        multiview_terms=multiview_terms, stream=_stream(z))
+        ctx.num_classes, ctx.multiview_terms = num_classes, multiview_terms
         ctx.scale_dtype, ctx.margin_dtype = scale.dtype, margin.dtype
         ctx.save_for_backward(z, image_labels, t, text_labels, scale_and_margin, *saved)
         return saved[-1][: layout["loss_terms"]].to(_result_dtype(z))
@@ -135,10 +138,11 @@ class _ContrastiveFunction(torch.autograd.Function):
         scalar_grads = torch.empty(2, dtype=torch.float64, device=z.device)
         extension().contrastive_backward(
             z, image_labels, t, text_labels, scale_and_margin, ctx.num_classes, *saved,
-            term_gradients.to(torch.float64).contiguous(), image_grad, text_grad, scalar_grads, stream=_stream(z),
+            term_gradients.to(torch.float64).contiguous(), image_grad, text_grad, scalar_grads,
+            multiview_terms=ctx.multiview_terms, stream=_stream(z),
         )
         return (image_grad.to(z.dtype), None, text_grad.to(t.dtype), None, scalar_grads[0].to(ctx.scale_dtype),
-                scalar_grads[1].to(ctx.margin_dtype), None)
+                scalar_grads[1].to(ctx.margin_dtype), None, None)
 
 
 def _result_dtype(z: torch.Tensor) -> torch.dtype:

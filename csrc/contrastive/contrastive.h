@@ -17,6 +17,8 @@ enum class Precision { Float16, BFloat16, Float32, Float64 };
 
 // Rows of Saved::image_stats, each of length num_images (float64).
 enum ImageStat : int {
+  // The multiview statistics come first (kPositiveCosineSum to kTripletHinge), so that skipping the
+  // multiview terms can zero them in one range.
   kPositiveCosineSum,      // sum of cos(z_i, z_j) over same-label j != i
   kHingeSum,               // sum of max(0, cos - margin) over different-label j
   kHingeCount,             // how many of those hinges are active (cos - margin > 0)
@@ -59,6 +61,7 @@ struct Inputs {
   int64_t dim;
   int64_t num_classes;
   const double* scale_and_margin;  // 2 values: the logit scale s and the margin alpha
+  bool multiview_terms;            // false: skip L_mc and L_mt (reported as 0), for image-text training alone
 };
 
 // Written by the forward, read by the backward. Sizes are O(N + M + num_classes).

@@ -92,7 +92,7 @@ AFFECTVLM_HOST_DEVICE inline RowSums text_row_sums(const Inputs& in, const Saved
 }
 
 // Writes the three loss terms and the active counts from the row sums. Needs count_pairs first.
-AFFECTVLM_HOST_DEVICE inline void write_totals(const Saved& saved, const RowSums& sums) {
+AFFECTVLM_HOST_DEVICE inline void write_totals(const Inputs& in, const Saved& saved, const RowSums& sums) {
   double* totals = saved.totals;
   const double positive_pairs = totals[kPositivePairs];
   totals[kLossContrastive] = (positive_pairs > 0 ? 1.0 - sums.positive_cosines / positive_pairs : 0.0) +
@@ -102,6 +102,7 @@ AFFECTVLM_HOST_DEVICE inline void write_totals(const Saved& saved, const RowSums
                                   ratio_or_zero(sums.text_rows, totals[kTextRowsWithMatch]));
   totals[kActiveHinges] = sums.active_hinges;
   totals[kActiveTriplets] = sums.active_triplets;
+  if (!in.multiview_terms) totals[kLossContrastive] = totals[kLossTriplet] = 0;
 }
 
 // dLoss/dcos(z_i, z_j) of the multiview contrastive term for an ordered pair i != j, counted twice because

@@ -371,8 +371,14 @@ void forward(const Inputs& in, const Saved& saved) {
 
   double* norms = saved.image_stats + kSquaredNorm * n;
   squared_norms(z, n, dim, norms);
-  MultiviewForward<T> multiview{in, saved, norms};
-  for_each_tile(z, n, z, n, dim, multiview);
+  if (in.multiview_terms) {
+    MultiviewForward<T> multiview{in, saved, norms};
+    for_each_tile(z, n, z, n, dim, multiview);
+  } else {
+    std::fill(saved.image_stats, saved.image_stats + (kTripletHinge + 1) * n, 0.0);
+    std::fill(saved.hardest_positive, saved.hardest_positive + n, int64_t(-1));
+    std::fill(saved.hardest_negative, saved.hardest_negative + n, int64_t(-1));
+  }
 
   const double scale = in.scale_and_margin[0];
   InfoNceForward<T> image_rows{in.image_labels, in.text_labels, scale, saved.image_stats + kImageLogSumExp * n,
@@ -388,7 +394,7 @@ void forward(const Inputs& in, const Saved& saved) {
   RowSums sums;
   for (int64_t i = 0; i < n; ++i) sums.add(image_row_sums(in, saved, i));
   for (int64_t j = 0; j < m; ++j) sums.add(text_row_sums(in, saved, j));
-  write_totals(saved, sums);
+  write_totals(in, saved, sums);
 }
 
 // The triplet term touches three rows per anchor; accumulated serially in anchor order.
@@ -426,8 +432,10 @@ void backward(const Inputs& in, const Saved& saved, const Gradients& out) {
     if (i == j) return 0.0;
     return contrastive_pair_gradient(in.image_labels[i] == in.image_labels[j], cosine, margin, weights[0], totals);
   });
-  for_each_tile(z, n, z, n, dim, multiview);
-  triplet_backward(in, saved, weights[1], dz);
+  if (in.multiview_terms) {
+    for_each_tile(z, n, z, n, dim, multiview);
+    triplet_backward(in, saved, weights[1], dz);
+  }
 
   double* scale_gradient = saved.image_stats + kScaleGradient * n;
   std::fill(scale_gradient, scale_gradient + n, 0.0);

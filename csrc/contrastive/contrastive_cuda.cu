@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(kReduceThreads) finish_totals_kernel(Inputs in
     __syncthreads();
     if (threadIdx.x < stride) partial[threadIdx.x].add(partial[threadIdx.x + stride]);
   }
-  if (threadIdx.x == 0) write_totals(saved, partial[0]);
+  if (threadIdx.x == 0) write_totals(in, saved, partial[0]);
 }
 
 // grad[rows of this block] += coefficients · b[column tile], one 64-wide slice of the embedding at a time.
@@ -442,7 +442,13 @@ void forward(const Inputs& in, const Saved& saved, cudaStream_t stream) {
   count_classes_kernel<<<blocks_for(n + m, 256), 256, 0, stream>>>(in, saved);
   count_pairs_kernel<<<1, 1, 0, stream>>>(in, saved);
   squared_norms_kernel<In><<<blocks_for(n, 256), 256, 0, stream>>>(z, n, in.dim, saved.image_stats + kSquaredNorm * n);
-  multiview_forward_kernel<In><<<blocks_for(n, kTile), kThreads, 0, stream>>>(in, saved);
+  if (in.multiview_terms) {
+    multiview_forward_kernel<In><<<blocks_for(n, kTile), kThreads, 0, stream>>>(in, saved);
+  } else {
+    cudaMemsetAsync(saved.image_stats, 0, sizeof(double) * (kTripletHinge + 1) * n, stream);
+    cudaMemsetAsync(saved.hardest_positive, 0xff, sizeof(int64_t) * n, stream);  // all bits set: -1
+    cudaMemsetAsync(saved.hardest_negative, 0xff, sizeof(int64_t) * n, stream);
+  }
   if (m > 0) {
     infonce_forward_kernel<In><<<blocks_for(n, kTile), kThreads, 0, stream>>>(
         z, in.image_labels, n, t, in.text_labels, m, in.dim, in.scale_and_margin,
@@ -470,8 +476,10 @@ void backward(const Inputs& in, const Saved& saved, const Gradients& grad, cudaS
   cudaMemsetAsync(scale_rows, 0, sizeof(double) * n, stream);
 
   const MultiviewCoefficient multiview{in, saved.totals, grad.term_gradients};
-  gradient_kernel<In><<<blocks_for(n, kTile), kThreads, 0, stream>>>(z, n, z, n, dim, multiview, dz, nullptr);
-  triplet_backward_kernel<In><<<blocks_for(n * dim, 256), 256, 0, stream>>>(in, saved, grad.term_gradients, dz);
+  if (in.multiview_terms) {
+    gradient_kernel<In><<<blocks_for(n, kTile), kThreads, 0, stream>>>(z, n, z, n, dim, multiview, dz, nullptr);
+    triplet_backward_kernel<In><<<blocks_for(n * dim, 256), 256, 0, stream>>>(in, saved, grad.term_gradients, dz);
+  }
   if (m > 0) {
     const int64_t* images_of_class = saved.class_counts;
     const int64_t* texts_of_class = saved.class_counts + in.num_classes;
