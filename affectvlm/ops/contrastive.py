@@ -127,7 +127,7 @@ class _ContrastiveFunction(torch.autograd.Function):
         ctx.num_classes, ctx.multiview_terms = num_classes, multiview_terms
         ctx.scale_dtype, ctx.margin_dtype = scale.dtype, margin.dtype
         ctx.save_for_backward(z, image_labels, t, text_labels, scale_and_margin, *saved)
-        return saved[-1][: layout["loss_terms"]].to(_result_dtype(z))
+        return saved[-1][: layout["loss_terms"]].to(_result_dtype(z), copy=True)  # not a view of saved data
 
     @staticmethod
     def backward(ctx, term_gradients):
