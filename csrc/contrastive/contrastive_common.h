@@ -50,10 +50,11 @@ AFFECTVLM_HOST_DEVICE inline double infonce_row_loss(double log_sum_exp, double 
 }
 
 // The sums over rows that the loss terms need. Summed in a fixed order by each kernel so that results do
-// not depend on how rows were scheduled.
+// not depend on how rows were scheduled. Zero it with `RowSums sums{}`; no default member initialisers,
+// so that CUDA can hold an array of them in shared memory.
 struct RowSums {
-  double positive_cosines = 0, hinges = 0, active_hinges = 0, triplets = 0, active_triplets = 0;
-  double image_rows = 0, text_rows = 0;  // InfoNCE losses of rows with at least one match
+  double positive_cosines, hinges, active_hinges, triplets, active_triplets;
+  double image_rows, text_rows;  // InfoNCE losses of rows with at least one match
 
   AFFECTVLM_HOST_DEVICE void add(const RowSums& o) {
     positive_cosines += o.positive_cosines;
@@ -69,7 +70,7 @@ struct RowSums {
 AFFECTVLM_HOST_DEVICE inline RowSums image_row_sums(const Inputs& in, const Saved& saved, int64_t i) {
   const int64_t n = in.num_images;
   const double* row = saved.image_stats + i;  // stat k of row i is row[k * n]
-  RowSums sums;
+  RowSums sums{};
   sums.positive_cosines = row[kPositiveCosineSum * n];
   sums.hinges = row[kHingeSum * n];
   sums.active_hinges = row[kHingeCount * n];
@@ -85,7 +86,7 @@ AFFECTVLM_HOST_DEVICE inline RowSums image_row_sums(const Inputs& in, const Save
 AFFECTVLM_HOST_DEVICE inline RowSums text_row_sums(const Inputs& in, const Saved& saved, int64_t j) {
   const int64_t m = in.num_texts;
   const double* row = saved.text_stats + j;
-  RowSums sums;
+  RowSums sums{};
   sums.text_rows = infonce_row_loss(row[kTextLogSumExp * m], row[kTextMatchLogitSum * m],
                                     image_class_counts(saved)[in.text_labels[j]]);
   return sums;

@@ -391,7 +391,7 @@ void forward(const Inputs& in, const Saved& saved) {
   } else {
     std::fill(saved.image_stats + kImageLogSumExp * n, saved.image_stats + (kImageMatchLogitSum + 1) * n, 0.0);
   }
-  RowSums sums;
+  RowSums sums{};
   for (int64_t i = 0; i < n; ++i) sums.add(image_row_sums(in, saved, i));
   for (int64_t j = 0; j < m; ++j) sums.add(text_row_sums(in, saved, j));
   write_totals(in, saved, sums);

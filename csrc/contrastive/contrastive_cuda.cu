@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kThreads)
 // Sums the row statistics in a fixed order (thread t takes rows t, t + 256, ...; then a fixed tree).
 __global__ void __launch_bounds__(kReduceThreads) finish_totals_kernel(Inputs in, Saved saved) {
   __shared__ RowSums partial[kReduceThreads];
-  RowSums sums;
+  RowSums sums{};
   for (int64_t i = threadIdx.x; i < in.num_images; i += kReduceThreads) sums.add(image_row_sums(in, saved, i));
   for (int64_t j = threadIdx.x; j < in.num_texts; j += kReduceThreads) sums.add(text_row_sums(in, saved, j));
   partial[threadIdx.x] = sums;
@@ -379,7 +379,8 @@ struct InfoNceCoefficient {
   const double* term_gradients;
 
   __device__ float operator()(int64_t i, int64_t j, double dot, double& scale_partial) const {
-    const double scale = scale_and_margin[0], logit = scale * dot;
+    const float scale = float(scale_and_margin[0]);
+    const double logit = scale * float(dot);  // in float, exactly as the forward computed it
     const bool match = labels_a[i] == labels_b[j];
     const double g = 0.5 * term_gradients[2] *
                      (infonce_side_gradient(logit, log_sum_exp_a[i], match, b_of_class[labels_a[i]],
