@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from affectvlm._ext import extension
 from affectvlm.ops import AffectLoss, contrastive_loss
@@ -56,13 +58,20 @@ def assert_matches_reference(inputs, *, rtol=1e-9, atol=1e-11, seed=0):
 
 SHAPES = [  # (N, M, D): single rows, tile edges (64), uneven tiles, large D, a few thousand rows
     (1, 0, 1), (1, 3, 5), (2, 1, 1), (3, 2, 7), (17, 9, 1), (64, 64, 16), (65, 63, 33), (130, 7, 129),
-    (200, 0, 1024), (257, 300, 2), (2048, 96, 24),
+    (200, 0, 1024), (257, 300, 2), (3000, 96, 24),
 ]
 
 
 @pytest.mark.parametrize("n, m, dim", SHAPES)
 def test_float64_matches_reference(n, m, dim):
     assert_matches_reference(make_inputs(n, m, dim, seed=n + m + dim), seed=n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(0, 20), dim=st.integers(1, 9), classes=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_float64_matches_reference_on_random_small_shapes(n, m, dim, classes, seed):
+    assert_matches_reference(make_inputs(n, m, dim, classes=classes, seed=seed), seed=seed)
 
 
 @pytest.mark.parametrize("classes", [1, 2, 50])
