@@ -51,7 +51,9 @@ ContrastiveArguments contrastive_inputs(py::handle images, py::handle image_labe
                                         bool multiview_terms) {
   ArrayView z = ArrayView::from_python(images, "images");
   const Device device = z.device();
-  z.require_dtype({DType::Float16, DType::BFloat16, DType::Float32, DType::Float64}).require_ndim(2).require_contiguous();
+  z.require_dtype({DType::Float16, DType::BFloat16, DType::Float32, DType::Float64})
+      .require_ndim(2)
+      .require_contiguous();
   const int64_t n = z.size(0), dim = z.size(1);
   ArrayView t = view(texts, "texts", {z.dtype()}, device);
   t.require_ndim(2).require_size(1, dim);

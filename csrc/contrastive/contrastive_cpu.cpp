@@ -1,4 +1,4 @@
-// CPU kernels: tiles of 128 rows × 64 columns of A·Bᵀ, computed with register-blocked loops over GCC vector
+// CPU kernels: tiles of 120 rows × 64 columns of A·Bᵀ, computed with register-blocked loops over GCC vector
 // types and handed to a per-tile visitor. Threads own blocks of rows and every row's statistics and
 // gradients are accumulated by its owner in column order, so results are bit-identical for any thread count.
 //
@@ -17,10 +17,10 @@
 namespace affectvlm::contrastive {
 namespace {
 
-constexpr int64_t kBlockRows = 128;  // rows of A per task; each packed column tile serves all of them
+constexpr int64_t kBlockRows = 120;  // rows of A per task, a multiple of kMicroRows; one packed column tile serves all
 constexpr int64_t kTile = 64;        // columns (rows of B) per tile
 constexpr int64_t kTransposeBlock = 16;
-constexpr int kMicroRows = 4;
+constexpr int kMicroRows = 6;  // 6 rows × 2 vectors: 12 accumulators + 3 operands fit the 16 AVX2 registers
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
 // Per-thread scratch, sized once per pass.
@@ -69,7 +69,7 @@ void pack_columns_transposed(const T* b, int64_t begin, int64_t count, int64_t d
 // Bodies are force-inlined so that each compiled clone below gets its own vectorised copy.
 #define AFFECTVLM_INLINE inline __attribute__((always_inline))
 
-// Register blocking with GCC/Clang vector types: a 4-row × 2-vector block of accumulators stays in
+// Register blocking with GCC/Clang vector types: a 6-row × 2-vector block of accumulators stays in
 // registers while the loop walks the shared dimension; each clone below lowers it to its instruction set.
 template <typename T>
 struct Simd {
@@ -82,7 +82,7 @@ struct Simd {
   static AFFECTVLM_INLINE void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
-// dots = rows · columnsᵀ for a full (zero-padded) 128 × 64 tile; `columns` is transposed (dim × 64).
+// dots = rows · columnsᵀ for a full (zero-padded) 120 × 64 tile; `columns` is transposed (dim × 64).
 template <typename T>
 AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
   using S = Simd<T>;
