@@ -7,7 +7,10 @@ Two groups per shape:
 - `infonce-...`: M = N image-text pairs with one label per pair (CLIP's setting), the image-text term
   alone (`multiview_terms=False`), against ClipLoss and the reference's L_it.
 
-Memory, measured in a fresh process per case: `step_MiB`, the rise of the peak resident set over one
+On a GPU (`test_cuda_*`, skipped without one) the groups run on the device up to N = 65,536 with Inf-CL
+as a further InfoNCE peer where it is installed, and memory is the peak of torch's CUDA allocator.
+
+On the CPU, memory is measured in a fresh process per case: `step_MiB`, the rise of the peak resident set over one
 step, counts everything the step allocates (the normalised copies, autograd's buffers, the gradients);
 `kernel_MiB`, for affectvlm, the same for the compiled forward and backward alone with their outputs
 allocated beforehand, i.e. the kernels' own memory beyond inputs and outputs. Big shapes run one round.
@@ -20,8 +23,8 @@ import sys
 
 import pytest
 import torch
-from open_clip.loss import ClipLoss
 
+from affectvlm._ext import cuda_status
 from affectvlm.ops import contrastive_loss
 from affectvlm.ops.reference import contrastive_loss_reference
 
@@ -72,6 +75,7 @@ def reference_step(images, labels, texts, text_labels):
 
 
 def clip_loss_step(images, labels, texts, text_labels):
+    ClipLoss = pytest.importorskip("open_clip.loss").ClipLoss
     z, t = images.requires_grad_(), texts.requires_grad_()
     # ClipLoss expects normalised features, as open_clip's models return them.
     loss = ClipLoss()(torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(t, dim=1),
@@ -176,6 +180,67 @@ def test_infonce_peer_open_clip_clip_loss(benchmark, n, dim):
 def test_infonce_reference(benchmark, n, dim):
     benchmark.group = f"infonce-N{n}-D{dim}"
     run(benchmark, "reference_infonce", n, n, dim, paired=True)
+
+
+
+# GPU: the same comparisons up to N = 65,536, timed with a synchronisation at the end of each step and with
+# the peak of torch's CUDA allocator over one step. Skipped where no GPU is usable.
+
+needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"needs a usable GPU: {cuda_status().reason}")
+GPU_SIZES = [8192, 32768, 65536]
+
+
+def inf_cl_step(images, labels, texts, text_labels):
+    """Inf-CL's fused InfoNCE (pip install inf_cl), both directions, on normalised features."""
+    cal_inf_loss = pytest.importorskip("inf_cl").cal_inf_loss
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # Inf-CL expects a process group, even of one
+        dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
+    z = torch.nn.functional.normalize(images.requires_grad_(), dim=1)
+    t = torch.nn.functional.normalize(texts.requires_grad_(), dim=1)
+    loss = 0.5 * (cal_inf_loss(z, t, scale=torch.tensor(SCALE, device=z.device)) +
+                  cal_inf_loss(t, z, scale=torch.tensor(SCALE, device=z.device)))
+    loss.backward()
+
+
+GPU_STEPS = {**STEPS, "inf_cl": inf_cl_step}
+
+
+def run_gpu(benchmark, step_name, n, m, dim, paired):
+    inputs = [x.cuda() for x in make_inputs(n, m, dim, paired)]
+    step = GPU_STEPS[step_name]
+
+    def synchronised(*args):
+        step(*args)
+        torch.cuda.synchronize()
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    try:
+        synchronised(*[x.clone() for x in inputs])  # warm-up, and the memory measurement
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"{step_name} runs out of GPU memory at N = {n}")
+    benchmark.extra_info["peak_extra_MiB"] = round((torch.cuda.max_memory_allocated() - before) / 2**20, 1)
+    benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    benchmark.pedantic(synchronised, setup=lambda: ([x.clone() for x in inputs], {}), rounds=5, iterations=1)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", GPU_SIZES)
+@pytest.mark.parametrize("step_name", ["affectvlm", "reference"])
+def test_cuda_loss(benchmark, step_name, n):
+    benchmark.group = f"cuda-loss-N{n}-D512"
+    run_gpu(benchmark, step_name, n, PROMPTS, 512, paired=False)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", GPU_SIZES)
+@pytest.mark.parametrize("step_name", ["affectvlm_infonce", "reference_infonce", "clip_loss", "inf_cl"])
+def test_cuda_infonce(benchmark, step_name, n):
+    benchmark.group = f"cuda-infonce-N{n}-D512"
+    run_gpu(benchmark, step_name, n, n, 512, paired=True)
 
 
 if __name__ == "__main__":
