@@ -1,157 +1,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "contrastive/contrastive.h"
+#include "contrastive/contrastive_binding.h"
 #include "cuda_runtime_info.h"
 #include "tensor.h"
 
 namespace py = pybind11;
 using namespace py::literals;
-
-namespace {
-
-using affectvlm::ArrayView;
-using affectvlm::Device;
-using affectvlm::DeviceType;
-using affectvlm::DType;
-namespace contrastive = affectvlm::contrastive;
-
-ArrayView view(py::handle obj, const char* name, std::vector<DType> dtypes, Device device) {
-  ArrayView v = ArrayView::from_python(obj, name);
-  v.require_dtype(dtypes).require_contiguous().require_device(device);
-  return v;
-}
-
-ArrayView view_output(py::handle obj, const char* name, std::vector<DType> dtypes, Device device,
-                      std::vector<int64_t> shape) {
-  ArrayView v = view(obj, name, std::move(dtypes), device);
-  v.require_writable().require_ndim(static_cast<int>(shape.size()));
-  for (size_t d = 0; d < shape.size(); ++d) v.require_size(static_cast<int>(d), shape[d]);
-  return v;
-}
-
-contrastive::Precision precision_of(DType dtype) {
-  switch (dtype) {
-    case DType::Float16: return contrastive::Precision::Float16;
-    case DType::BFloat16: return contrastive::Precision::BFloat16;
-    case DType::Float64: return contrastive::Precision::Float64;
-    default: return contrastive::Precision::Float32;
-  }
-}
-
-// The kernel's inputs, checked, plus the views that keep them alive while the kernel runs.
-struct ContrastiveArguments {
-  std::vector<ArrayView> views;
-  contrastive::Inputs inputs;
-  Device device;
-};
-
-ContrastiveArguments contrastive_inputs(py::handle images, py::handle image_labels, py::handle texts,
-                                        py::handle text_labels, py::handle scale_and_margin, int64_t num_classes,
-                                        bool multiview_terms) {
-  ArrayView z = ArrayView::from_python(images, "images");
-  const Device device = z.device();
-  z.require_dtype({DType::Float16, DType::BFloat16, DType::Float32, DType::Float64})
-      .require_ndim(2)
-      .require_contiguous();
-  const int64_t n = z.size(0), dim = z.size(1);
-  ArrayView t = view(texts, "texts", {z.dtype()}, device);
-  t.require_ndim(2).require_size(1, dim);
-  const int64_t m = t.size(0);
-  ArrayView y = view(image_labels, "image_labels", {DType::Int64}, device);
-  y.require_ndim(1).require_size(0, n);
-  ArrayView yt = view(text_labels, "text_labels", {DType::Int64}, device);
-  yt.require_ndim(1).require_size(0, m);
-  if (num_classes < 1) throw py::value_error("num_classes must be at least 1, got " + std::to_string(num_classes));
-  if (device.type == DeviceType::CPU) {
-    y.require_values_in_range(0, num_classes);
-    yt.require_values_in_range(0, num_classes);
-  }
-  ArrayView scalars = view(scale_and_margin, "scale_and_margin", {DType::Float64}, device);
-  scalars.require_ndim(1).require_size(0, 2);
-
-  contrastive::Inputs in{precision_of(z.dtype()), z.data(), y.data_as<int64_t>(), n, t.data(), yt.data_as<int64_t>(),
-                         m, dim, num_classes, scalars.data_as<double>(), multiview_terms};
-  return {{z, t, y, yt, scalars}, in, device};
-}
-
-struct SavedArguments {
-  std::vector<ArrayView> views;
-  contrastive::Saved saved;
-};
-
-SavedArguments contrastive_saved(const contrastive::Inputs& in, Device device, py::handle image_stats,
-                                 py::handle text_stats, py::handle hardest_positive, py::handle hardest_negative,
-                                 py::handle class_counts, py::handle totals) {
-  const int64_t n = in.num_images, m = in.num_texts;
-  std::vector<ArrayView> v{
-      view_output(image_stats, "image_stats", {DType::Float64}, device, {contrastive::kNumImageStats, n}),
-      view_output(text_stats, "text_stats", {DType::Float64}, device, {contrastive::kNumTextStats, m}),
-      view_output(hardest_positive, "hardest_positive", {DType::Int64}, device, {n}),
-      view_output(hardest_negative, "hardest_negative", {DType::Int64}, device, {n}),
-      view_output(class_counts, "class_counts", {DType::Int64}, device, {2, in.num_classes}),
-      view_output(totals, "totals", {DType::Float64}, device, {contrastive::kNumTotals})};
-  contrastive::Saved saved{v[0].data_as<double>(),  v[1].data_as<double>(),  v[2].data_as<int64_t>(),
-                           v[3].data_as<int64_t>(), v[4].data_as<int64_t>(), v[5].data_as<double>()};
-  return {std::move(v), saved};
-}
-
-[[noreturn]] void no_cuda_kernels() {
-  throw py::value_error("the arrays are on a CUDA device but this build of affectvlm has no CUDA kernels");
-}
-
-void contrastive_forward(py::handle images, py::handle image_labels, py::handle texts, py::handle text_labels,
-                         py::handle scale_and_margin, int64_t num_classes, py::handle image_stats,
-                         py::handle text_stats, py::handle hardest_positive, py::handle hardest_negative,
-                         py::handle class_counts, py::handle totals, bool multiview_terms, intptr_t stream) {
-  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes,
-                                       multiview_terms);
-  const auto out = contrastive_saved(args.inputs, args.device, image_stats, text_stats, hardest_positive,
-                                     hardest_negative, class_counts, totals);
-  py::gil_scoped_release release;
-  if (args.device.type == DeviceType::CPU) return contrastive::forward_cpu(args.inputs, out.saved);
-#ifdef AFFECTVLM_WITH_CUDA
-  contrastive::forward_cuda(args.inputs, out.saved, stream);
-#else
-  (void)stream;
-  no_cuda_kernels();
-#endif
-}
-
-void contrastive_backward(py::handle images, py::handle image_labels, py::handle texts, py::handle text_labels,
-                          py::handle scale_and_margin, int64_t num_classes, py::handle image_stats,
-                          py::handle text_stats, py::handle hardest_positive, py::handle hardest_negative,
-                          py::handle class_counts, py::handle totals, py::handle term_gradients,
-                          py::handle image_grad, py::handle text_grad, py::handle scale_and_margin_grad,
-                          bool multiview_terms, intptr_t stream) {
-  const auto args = contrastive_inputs(images, image_labels, texts, text_labels, scale_and_margin, num_classes,
-                                       multiview_terms);
-  const auto in = contrastive_saved(args.inputs, args.device, image_stats, text_stats, hardest_positive,
-                                    hardest_negative, class_counts, totals);
-  const DType grad_dtype = args.views[0].dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
-  const int64_t dim = args.inputs.dim;
-  std::vector<ArrayView> v{
-      view_output(term_gradients, "term_gradients", {DType::Float64}, args.device, {3}),
-      view_output(image_grad, "image_grad", {grad_dtype}, args.device, {args.inputs.num_images, dim}),
-      view_output(text_grad, "text_grad", {grad_dtype}, args.device, {args.inputs.num_texts, dim}),
-      view_output(scale_and_margin_grad, "scale_and_margin_grad", {DType::Float64}, args.device, {2})};
-  const contrastive::Gradients grad{v[0].data_as<double>(), v[1].data(), v[2].data(), v[3].data_as<double>()};
-  py::gil_scoped_release release;
-  if (args.device.type == DeviceType::CPU) return contrastive::backward_cpu(args.inputs, in.saved, grad);
-#ifdef AFFECTVLM_WITH_CUDA
-  contrastive::backward_cuda(args.inputs, in.saved, grad, stream);
-#else
-  (void)stream;
-  no_cuda_kernels();
-#endif
-}
-
-py::dict contrastive_layout() {
-  return py::dict("image_stats"_a = int(contrastive::kNumImageStats), "text_stats"_a = int(contrastive::kNumTextStats),
-                  "totals"_a = int(contrastive::kNumTotals), "loss_terms"_a = 3);
-}
-
-}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "AffectVLM compiled core: mesh rasteriser and contrastive loss kernels (C++ and CUDA)";
@@ -168,16 +23,16 @@ PYBIND11_MODULE(_C, m) {
                     "reason"_a = info.reason);
   }, "What the CUDA runtime linked into this module sees; never raises.");
 
-  m.def("contrastive_forward", &contrastive_forward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
+  m.def("contrastive_forward", &affectvlm::contrastive::contrastive_forward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
         "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
         "hardest_negative"_a, "class_counts"_a, "totals"_a, "multiview_terms"_a = true, "stream"_a = 0,
         "Forward of the fused contrastive loss on normalised embeddings; writes the saved statistics and totals "
         "(see csrc/contrastive/contrastive.h). Use affectvlm.ops.contrastive, not this.");
-  m.def("contrastive_backward", &contrastive_backward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
+  m.def("contrastive_backward", &affectvlm::contrastive::contrastive_backward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
         "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
         "hardest_negative"_a, "class_counts"_a, "totals"_a, "term_gradients"_a, "image_grad"_a, "text_grad"_a,
         "scale_and_margin_grad"_a, "multiview_terms"_a = true, "stream"_a = 0,
         "Backward of the fused contrastive loss: writes every element of image_grad and text_grad and the "
         "gradients of the scale and margin.");
-  m.def("contrastive_layout", &contrastive_layout, "Sizes and indices of the contrastive kernels' saved arrays.");
+  m.def("contrastive_layout", &affectvlm::contrastive::contrastive_layout, "Sizes and indices of the contrastive kernels' saved arrays.");
 }

@@ -168,7 +168,7 @@ def test_affect_loss_weights_terms_and_trains_scale_and_margin():
 def test_cpu_results_are_bit_identical_across_runs_and_thread_counts():
     script = (
         "import torch, sys\n"
-        "from tests.test_contrastive import make_inputs, terms_and_gradients, kernel\n"
+        "from test_contrastive import make_inputs, terms_and_gradients, kernel\n"
         "inputs = make_inputs(300, 130, 40, dtype=torch.float32, seed=1)\n"
         "terms, grads = terms_and_gradients(kernel, *inputs, torch.ones(3, dtype=torch.float64))\n"
         "torch.save([terms] + grads, sys.argv[1])\n"
@@ -177,8 +177,8 @@ def test_cpu_results_are_bit_identical_across_runs_and_thread_counts():
     for threads in ("1", "2", "2"):
         path = f"{os.environ.get('TMPDIR', '/tmp')}/contrastive_determinism_{os.getpid()}_{len(results)}.pt"
         env = {**os.environ, "OMP_NUM_THREADS": threads}
-        subprocess.run([sys.executable, "-c", script, path], check=True, env=env,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
+        # Run from tests/ so that affectvlm is the installed package, not the source checkout.
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env, cwd=os.path.dirname(__file__))
         results.append(torch.load(path))
         os.remove(path)
     for other in results[1:]:
