@@ -1,6 +1,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "contrastive/contrastive_binding.h"
 #include "cuda_runtime_info.h"
 #include "raster/raster_binding.h"
 #include "tensor.h"
@@ -22,6 +23,19 @@ PYBIND11_MODULE(_C, m) {
                     "driver_version"_a = info.driver_version, "device_count"_a = info.device_count,
                     "reason"_a = info.reason);
   }, "What the CUDA runtime linked into this module sees; never raises.");
+
+  m.def("contrastive_forward", &affectvlm::contrastive::contrastive_forward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
+        "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
+        "hardest_negative"_a, "class_counts"_a, "totals"_a, "multiview_terms"_a = true, "stream"_a = 0,
+        "Forward of the fused contrastive loss on normalised embeddings; writes the saved statistics and totals "
+        "(see csrc/contrastive/contrastive.h). Use affectvlm.ops.contrastive, not this.");
+  m.def("contrastive_backward", &affectvlm::contrastive::contrastive_backward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
+        "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,
+        "hardest_negative"_a, "class_counts"_a, "totals"_a, "term_gradients"_a, "image_grad"_a, "text_grad"_a,
+        "scale_and_margin_grad"_a, "multiview_terms"_a = true, "stream"_a = 0,
+        "Backward of the fused contrastive loss: writes every element of image_grad and text_grad and the "
+        "gradients of the scale and margin.");
+  m.def("contrastive_layout", &affectvlm::contrastive::contrastive_layout, "Sizes and indices of the contrastive kernels' saved arrays.");
 
   m.def("render_views", &affectvlm::raster::render_views_binding, "vertices"_a, "faces"_a, "meshes"_a,
         "world_to_clip"_a, "world_to_view"_a, "images"_a, "triangle_ids"_a, py::kw_only(), "channels"_a,
