@@ -47,10 +47,12 @@ struct ScreenVertex {
   bool valid;
 };
 
-// The triangle after orientation is made positive: slot s holds original corner `corner[s]`.
+// The triangle after orientation is made positive: slot 0 holds corner 0, slots 1 and 2 hold corners 1 and
+// 2, or 2 and 1 when `swapped`. (A flag rather than an index array: GPU code indexing a local array at run
+// time spills it to memory.)
 struct Triangle {
   int64_t x[3], y[3];
-  int corner[3];
+  bool swapped;
   int64_t area;            // twice the area in fixed point, > 0
   float inv_area;          // 1 / float(area)
   int64_t inside_bias[3];  // a pixel is inside edge s when its edge function >= inside_bias[s]
@@ -123,9 +125,7 @@ AFFECTVLM_HD bool orient_triangle(const ScreenVertex& v0, const ScreenVertex& v1
   const bool swap = area < 0;
   const ScreenVertex& second = swap ? v2 : v1;
   const ScreenVertex& third = swap ? v1 : v2;
-  t->corner[0] = 0;
-  t->corner[1] = swap ? 2 : 1;
-  t->corner[2] = swap ? 1 : 2;
+  t->swapped = swap;
   t->x[0] = v0.x, t->x[1] = second.x, t->x[2] = third.x;
   t->y[0] = v0.y, t->y[1] = second.y, t->y[2] = third.y;
   t->area = swap ? -area : area;
@@ -157,6 +157,13 @@ AFFECTVLM_HD void screen_weights(const Triangle& t, int64_t e0, int64_t e1, int6
   w[2] = static_cast<float>(e2) * t.inv_area;
 }
 
+// Per-corner values a0, a1, a2 in the triangle's slot order.
+AFFECTVLM_HD void in_slot_order(const Triangle& t, float a0, float a1, float a2, float slots[3]) {
+  slots[0] = a0;
+  slots[1] = t.swapped ? a2 : a1;
+  slots[2] = t.swapped ? a1 : a2;
+}
+
 // NDC depth is affine in screen space, so screen weights interpolate it exactly.
 AFFECTVLM_HD float fragment_z01(const float w[3], float z0, float z1, float z2) {
   return (w[0] * z0 + w[1] * z1) + w[2] * z2;
@@ -185,13 +192,16 @@ AFFECTVLM_HD uint32_t key_triangle(uint64_t key) { return static_cast<uint32_t>(
 // Perspective-correct barycentrics of the original corners from screen weights of the slots.
 AFFECTVLM_HD void perspective_barycentrics(const Triangle& t, const float w[3], const float inv_w[3],
                                            float bary[3]) {
-  const float p0 = w[0] * inv_w[t.corner[0]];
-  const float p1 = w[1] * inv_w[t.corner[1]];
-  const float p2 = w[2] * inv_w[t.corner[2]];
+  float slot_inv_w[3];
+  in_slot_order(t, inv_w[0], inv_w[1], inv_w[2], slot_inv_w);
+  const float p0 = w[0] * slot_inv_w[0];
+  const float p1 = w[1] * slot_inv_w[1];
+  const float p2 = w[2] * slot_inv_w[2];
   const float sum = (p0 + p1) + p2;
-  bary[t.corner[0]] = p0 / sum;
-  bary[t.corner[1]] = p1 / sum;
-  bary[t.corner[2]] = p2 / sum;
+  const float b1 = p1 / sum, b2 = p2 / sum;
+  bary[0] = p0 / sum;
+  bary[1] = t.swapped ? b2 : b1;
+  bary[2] = t.swapped ? b1 : b2;
 }
 
 AFFECTVLM_HD float interpolate(const float bary[3], float a0, float a1, float a2) {

@@ -99,8 +99,8 @@ void render_image(const RasterParams& p, const RasterInputs& in, const RasterOut
     const ScreenVertex& c = scratch.screen[faces[f * 3 + 2]];
     Triangle t;
     if (!setup_triangle(a, b, c, p.cull_backfaces, p.width, p.height, &t)) continue;
-    const ScreenVertex* corners[3] = {&a, &b, &c};
-    const float z[3] = {corners[t.corner[0]]->z01, corners[t.corner[1]]->z01, corners[t.corner[2]]->z01};
+    float z[3];
+    in_slot_order(t, a.z01, b.z01, c.z01, z);
     rasterize_triangle(p, t, z, static_cast<uint32_t>(f), scratch.zbuffer.data());
   }
 

@@ -45,7 +45,8 @@ __global__ void depth_test_kernel(RasterParams p, RasterInputs in, unsigned long
       for (int i = 0; i < 3; ++i) corner[i] = project_packed_vertex(in, p, mesh.vertex_start + face[i], clip, view);
       Triangle t;
       if (!setup_triangle(corner[0], corner[1], corner[2], p.cull_backfaces, p.width, p.height, &t)) continue;
-      const float z[3] = {corner[t.corner[0]].z01, corner[t.corner[1]].z01, corner[t.corner[2]].z01};
+      float z[3];
+      in_slot_order(t, corner[0].z01, corner[1].z01, corner[2].z01, z);
       for (int row = t.row0; row <= t.row1; ++row) {
         const int64_t y = pixel_centre(row);
         for (int col = t.col0; col <= t.col1; ++col) {
