@@ -451,3 +451,22 @@ def test_extension_either_renders_or_refuses_any_mesh_rows_and_faces(data):
         assert 0 <= face_start and face_start + face_count <= num_faces
         used = faces[face_start:face_start + face_count]
         assert used.min() >= 0 and used.max() < vertex_count
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_kernel_equals_reference_on_scenes_full_of_ties(data):
+    """Vertices on a coarse lattice: shared and collinear edges through pixel centres, coincident and
+    degenerate triangles, equal depths. Triangle ids must still agree exactly."""
+    lattice = st.integers(-4, 4).map(lambda i: i / 4)
+    num_vertices = data.draw(st.integers(3, 10))
+    vertices = torch.tensor(data.draw(st.lists(st.tuples(lattice, lattice, lattice), min_size=num_vertices,
+                                                max_size=num_vertices)), dtype=torch.float32)
+    faces = torch.tensor(data.draw(st.lists(st.tuples(*[st.integers(0, num_vertices - 1)] * 3), min_size=1,
+                                             max_size=16)), dtype=torch.int32)
+    projection = data.draw(st.sampled_from(["orthographic", "perspective"]))
+    yaw = data.draw(st.sampled_from([0.0, 45.0, 90.0]))
+    cameras = orbit_cameras([(yaw, 0.0)], distance=3.0, projection=projection, half_height=1.0)
+    kernel, reference = render_both(vertices, faces, cameras, 16, attributes=vertices,
+                                    cull_backfaces=data.draw(st.booleans()))
+    assert_same_render(kernel, reference)
