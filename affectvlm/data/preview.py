@@ -1,4 +1,4 @@
-"""A preview grid of one synthetic identity's seven expressions, shaded with matplotlib (no GPU renderer).
+"""A preview grid of one synthetic identity's seven expressions, shaded by the package's rasteriser.
 
 Regenerate the README's picture with `python -m affectvlm.data.preview docs/synthetic_expressions.png`.
 """
@@ -13,42 +13,36 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
+import torch  # noqa: E402
 
 from affectvlm.data.emotions import EMOTIONS  # noqa: E402
 from affectvlm.data.procedural_face import ProceduralFaceModel  # noqa: E402
 from affectvlm.data.synthetic import expression_weights  # noqa: E402
+from affectvlm.geometry import Mesh, normalise  # noqa: E402
+from affectvlm.geometry.cameras import orbit_cameras  # noqa: E402
+from affectvlm.ops.raster import render_views  # noqa: E402
 
-LIGHT = np.array([0.35, 0.25, 1.0]) / np.linalg.norm([0.35, 0.25, 1.0])
-
-
-def shaded_polygons(vertices: np.ndarray, faces: np.ndarray, yaw_degrees: float = 20.0):
-    """Triangles projected orthographically after turning the face by `yaw`, back to front, with Lambert
-    shading; triangles facing away are dropped."""
-    angle = np.radians(yaw_degrees)
-    turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
-    corners = (vertices @ turn.T)[faces]
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
-    visible = normals[:, 2] > 0
-    corners, normals = corners[visible], normals[visible]
-    order = np.argsort(corners[:, :, 2].mean(axis=1))
-    brightness = 0.15 + 0.85 * np.clip(normals[order] @ LIGHT, 0, 1)
-    colours = np.clip(brightness[:, None] * np.array([0.93, 0.78, 0.68]), 0, 1)
-    return corners[order][:, :, :2], colours
+SKIN = np.array([0.93, 0.78, 0.68])
 
 
-def render_preview(path: str | Path, seed: int = 3, level: int = 4, dpi: int = 80) -> Path:
-    """Save a 1 x 7 grid of one identity's expressions at `level` (1-4) to `path` (PNG)."""
+def render_preview(path: str | Path, seed: int = 3, level: int = 4, dpi: int = 80, size: int = 192,
+                   yaw_degrees: float = 20.0) -> Path:
+    """Save a 1 x 7 grid of one identity's expressions at `level` (1-4), seen `yaw_degrees` from the front."""
     model = ProceduralFaceModel()
     rig = model.rig(model.random_identity(np.random.default_rng(seed)))
+    poses = [rig.pose(expression_weights(model, emotion, level)).astype(np.float32) for emotion in EMOTIONS]
+    # One scale for all seven, so that expressions are compared at the same size.
+    neutral = normalise(Mesh(poses[EMOTIONS.index("neutral")], model.faces))
+    centre, scale = neutral.metadata["normalise_centre"], neutral.metadata["normalise_scale"]
+    vertices = torch.from_numpy(((np.stack(poses) - centre) * scale).astype(np.float32))
+    shading, mask = render_views(vertices, torch.from_numpy(model.faces), orbit_cameras([(yaw_degrees, 0.0)]),
+                                 size, ("shading", "mask"))[:, 0].unbind(1)
+    images = (0.15 + 0.85 * shading[..., None].numpy()) * SKIN * mask[..., None].numpy()
+    images += 1.0 - mask[..., None].numpy()  # white background
+
     figure, axes = plt.subplots(1, len(EMOTIONS), figsize=(2.0 * len(EMOTIONS), 2.8))
-    for axis, emotion in zip(axes, EMOTIONS):
-        polygons, colours = shaded_polygons(rig.pose(expression_weights(model, emotion, level)), model.faces)
-        axis.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none", antialiaseds=False))
-        axis.set_xlim(-95, 95)
-        axis.set_ylim(-125, 105)
-        axis.set_aspect("equal")
+    for axis, emotion, image in zip(axes, EMOTIONS, images):
+        axis.imshow(np.clip(image, 0, 1))
         axis.axis("off")
         axis.set_title(emotion if emotion == "neutral" else f"{emotion} {level}", fontsize=11)
     figure.subplots_adjust(left=0, right=1, bottom=0, top=0.9, wspace=0.02)
