@@ -169,13 +169,3 @@ def test_bad_generator_arguments():
         generate_dataset("unused", 1, file_format="stl")
     with pytest.raises(ValueError, match="at least 3 frames"):
         generate_dataset("unused", 1, sequences=True, frames=2)
-
-
-def test_preview_grid_is_written_as_png(tmp_path):
-    from affectvlm.data.preview import render_preview
-
-    path = render_preview(tmp_path / "preview.png", dpi=30)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (14 * 30, 84)  # 7 panels of 2 x 2.8 inches at 30 dpi
