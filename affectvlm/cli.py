@@ -148,13 +148,14 @@ def run_render(args: argparse.Namespace) -> int:
     try:
         total = len(index_dataset(args.data, args.layout))
         with tqdm(total=total, unit="mesh", desc="render") as progress:
-            index = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
-                                   on_samples=progress.update)
+            outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
+                                     on_samples=progress.update)
     except (CacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
         print(f"affectvlm render: error: {error}", file=sys.stderr)
         return 1
-    print(f"rendered {len(index['samples'])} meshes x {len(settings.views)} views into "
-          f"{len(index['shards'])} shard(s) in {args.out}")
+    reused = f" ({outcome.shards_reused} already complete, kept)" if outcome.shards_reused else ""
+    print(f"rendered {len(outcome.index['samples'])} meshes x {len(settings.views)} views into "
+          f"{len(outcome.index['shards'])} shard(s) in {args.out}{reused}")
     return 0
 
 

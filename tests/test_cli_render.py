@@ -32,7 +32,7 @@ def test_render_writes_shards_and_an_index_that_match_render_views(static_faces,
     result = render(static_faces, tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     assert "render: 100%" in result.stderr
-    assert "rendered 25 meshes x 3 views into 3 shard(s)" in result.stdout
+    assert f"rendered 25 meshes x 3 views into 3 shard(s) in {tmp_path / 'cache'}\n" in result.stdout
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert index["settings"]["channel_layout"] == {"depth": [0, 1], "normal": [1, 4], "shading": [4, 5],
                                                    "mask": [5, 6]}
@@ -60,6 +60,7 @@ def test_rerun_skips_finished_shards_and_redoes_missing_or_truncated_ones(static
 
     result = render(static_faces, out)
     assert result.returncode == 0, result.stderr
+    assert "into 3 shard(s)" in result.stdout and "(1 already complete, kept)" in result.stdout
     assert shards[0].stat().st_mtime_ns == untouched
     for path, before in zip(shards, first):
         np.testing.assert_array_equal(np.load(path), before)

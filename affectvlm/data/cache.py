@@ -104,10 +104,16 @@ def _render_batch(samples: list[Sample], settings: RenderSettings, device: str) 
     return render_views(vertices, faces, cameras, settings.size, settings.channels)
 
 
+@dataclass(frozen=True)
+class RenderOutcome:
+    index: dict  # what index.json holds
+    shards_reused: int  # shards already complete from an earlier run, left as they were
+
+
 def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings = RenderSettings(), device: str = "cpu",
                    shard_size: int = 256, batch_size: int = 32,
-                   on_samples: Callable[[int], None] | None = None) -> dict:
-    """Render every sample of the dataset folder `data` into the cache folder `out`; return the index.
+                   on_samples: Callable[[int], None] | None = None) -> RenderOutcome:
+    """Render every sample of the dataset folder `data` into the cache folder `out`.
     Shards already complete are skipped. `on_samples(n)` is called as n more samples are done."""
     if settings.dtype not in DTYPES:
         raise CacheError(f"unknown dtype '{settings.dtype}' (choose from {', '.join(DTYPES)})")
@@ -121,12 +127,14 @@ def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings =
     index = plan_index(data, samples, settings, shard_size)
     _start_index(out, index)
     num_channels = sum(s.stop - s.start for s in channel_layout(settings.channels).values())
+    reused = 0
     for number, shard in enumerate(index["shards"]):
         rows = samples[number * shard_size:number * shard_size + shard["rows"]]
         shape = (len(rows), len(settings.views), num_channels, settings.size, settings.size)
         path = out / shard["file"]
         if shard_is_complete(path, shape, settings.dtype):
             on_samples(len(rows))
+            reused += 1
             continue
         parts = []
         for first in range(0, len(rows), batch_size):
@@ -134,7 +142,7 @@ def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings =
             on_samples(len(parts[-1]))
         array = torch.cat(parts).numpy().astype(settings.dtype)
         _write_atomically(path, lambda temporary: _save_npy(temporary, array))
-    return index
+    return RenderOutcome(index, reused)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
