@@ -275,6 +275,14 @@ const ArrayView& ArrayView::require_size(int dim, int64_t expected) const {
                         std::to_string(dim) + ", got shape " + shape_text(shape_));
 }
 
+const ArrayView& ArrayView::require_shape(const std::vector<int64_t>& shape) const {
+  require_ndim(static_cast<int>(shape.size()));
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] != kAnySize) require_size(static_cast<int>(d), shape[d]);
+  }
+  return *this;
+}
+
 const ArrayView& ArrayView::require_contiguous() const {
   if (is_contiguous()) return *this;
   throw py::value_error(name_ + " must be contiguous (C order); call .contiguous() or np.ascontiguousarray first");

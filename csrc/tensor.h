@@ -32,6 +32,8 @@ std::string device_name(Device device);  // "cpu" or "cuda:N"
 //
 // CUDA arrays are exported with stream=-1 (no synchronisation): the caller launches kernels on the stream
 // that produced them, torch's current stream.
+constexpr int64_t kAnySize = -1;  // a dimension of any size, in require_shape
+
 class ArrayView {
  public:
   static ArrayView from_python(pybind11::handle obj, const std::string& name);
@@ -54,6 +56,8 @@ class ArrayView {
   const ArrayView& require_dtype(const std::vector<DType>& allowed) const;
   const ArrayView& require_ndim(int ndim) const;
   const ArrayView& require_size(int dim, int64_t size) const;
+  // require_ndim(shape.size()) and require_size for every entry of `shape` that is not kAnySize.
+  const ArrayView& require_shape(const std::vector<int64_t>& shape) const;
   const ArrayView& require_contiguous() const;
   const ArrayView& require_device(Device device) const;
   const ArrayView& require_writable() const;

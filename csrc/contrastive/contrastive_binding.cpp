@@ -22,8 +22,7 @@ ArrayView view(py::handle obj, const char* name, std::vector<DType> dtypes, Devi
 ArrayView view_output(py::handle obj, const char* name, std::vector<DType> dtypes, Device device,
                       std::vector<int64_t> shape) {
   ArrayView v = view(obj, name, std::move(dtypes), device);
-  v.require_writable().require_ndim(static_cast<int>(shape.size()));
-  for (size_t d = 0; d < shape.size(); ++d) v.require_size(static_cast<int>(d), shape[d]);
+  v.require_writable().require_shape(shape);
   return v;
 }
 
@@ -53,19 +52,19 @@ ContrastiveArguments contrastive_inputs(py::handle images, py::handle image_labe
       .require_contiguous();
   const int64_t n = z.size(0), dim = z.size(1);
   ArrayView t = view(texts, "texts", {z.dtype()}, device);
-  t.require_ndim(2).require_size(1, dim);
+  t.require_shape({kAnySize, dim});
   const int64_t m = t.size(0);
   ArrayView y = view(image_labels, "image_labels", {DType::Int64}, device);
-  y.require_ndim(1).require_size(0, n);
+  y.require_shape({n});
   ArrayView yt = view(text_labels, "text_labels", {DType::Int64}, device);
-  yt.require_ndim(1).require_size(0, m);
+  yt.require_shape({m});
   if (num_classes < 1) throw py::value_error("num_classes must be at least 1, got " + std::to_string(num_classes));
   if (device.type == DeviceType::CPU) {
     y.require_values_in_range(0, num_classes);
     yt.require_values_in_range(0, num_classes);
   }
   ArrayView scalars = view(scale_and_margin, "scale_and_margin", {DType::Float64}, device);
-  scalars.require_ndim(1).require_size(0, 2);
+  scalars.require_shape({2});
 
   Inputs in{precision_of(z.dtype()), z.data(), y.data_as<int64_t>(), n, t.data(), yt.data_as<int64_t>(),
                          m, dim, num_classes, scalars.data_as<double>(), multiview_terms};

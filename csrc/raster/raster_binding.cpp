@@ -80,9 +80,10 @@ void require_disjoint_vertex_ranges(const ArrayView& meshes) {
 
 void require_image_shape(const ArrayView& view, int64_t meshes, int64_t views, int64_t channels, int64_t height,
                          int64_t width) {
-  view.require_ndim(channels < 0 ? 4 : 5).require_size(0, meshes).require_size(1, views);
-  if (channels >= 0) view.require_size(2, channels);
-  view.require_size(-2, height).require_size(-1, width).require_contiguous().require_writable();
+  view.require_shape(channels < 0 ? std::vector<int64_t>{meshes, views, height, width}
+                                  : std::vector<int64_t>{meshes, views, channels, height, width})
+      .require_contiguous()
+      .require_writable();
 }
 
 }  // namespace
@@ -94,23 +95,23 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
                           py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces,
                           std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream) {
   const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
-  vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous();
+  vertices.require_dtype({DType::Float32}).require_shape({kAnySize, 3}).require_contiguous();
   const Device device = vertices.device();
   const int64_t num_vertices = vertices.size(0);
   if (num_vertices == 0) throw py::value_error("vertices is empty");
 
   const ArrayView faces = ArrayView::from_python(faces_obj, "faces");
-  faces.require_dtype({DType::Int32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(device);
+  faces.require_dtype({DType::Int32}).require_shape({kAnySize, 3}).require_contiguous().require_device(device);
   if (faces.size(0) == 0) throw py::value_error("faces is empty");
 
   const ArrayView meshes = ArrayView::from_python(meshes_obj, "meshes");
-  meshes.require_dtype({DType::Int64}).require_ndim(2).require_size(1, 4).require_contiguous().require_device(device);
+  meshes.require_dtype({DType::Int64}).require_shape({kAnySize, 4}).require_contiguous().require_device(device);
   const int64_t num_meshes = meshes.size(0);
   if (num_meshes == 0) throw py::value_error("meshes is empty: nothing to render");
 
   const ArrayView world_to_clip = ArrayView::from_python(world_to_clip_obj, "world_to_clip");
-  world_to_clip.require_dtype({DType::Float32}).require_ndim(4).require_size(2, 4).require_size(3, 4)
-      .require_contiguous().require_device(device);
+  world_to_clip.require_dtype({DType::Float32}).require_shape({kAnySize, kAnySize, 4, 4}).require_contiguous()
+      .require_device(device);
   const int64_t camera_sets = world_to_clip.size(0);
   const int64_t num_views = world_to_clip.size(1);
   if (camera_sets != 1 && camera_sets != num_meshes) {
@@ -119,12 +120,12 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   }
   if (num_views == 0) throw py::value_error("world_to_clip holds zero views");
   const ArrayView world_to_view = ArrayView::from_python(world_to_view_obj, "world_to_view");
-  world_to_view.require_dtype({DType::Float32}).require_ndim(4).require_size(0, camera_sets)
-      .require_size(1, num_views).require_size(2, 4).require_size(3, 4).require_contiguous().require_device(device);
+  world_to_view.require_dtype({DType::Float32}).require_shape({camera_sets, num_views, 4, 4}).require_contiguous()
+      .require_device(device);
 
   const std::optional<ArrayView> attributes = optional_view(attributes_obj, "attributes");
   if (attributes) {
-    attributes->require_dtype({DType::Float32}).require_ndim(2).require_size(0, num_vertices).require_contiguous()
+    attributes->require_dtype({DType::Float32}).require_shape({num_vertices, kAnySize}).require_contiguous()
         .require_device(device);
   }
   RasterParams p;
@@ -135,8 +136,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   const std::optional<ArrayView> normals = optional_view(normals_obj, "normals");
   if (p.normal_channel >= 0 || p.shading_channel >= 0) {
     if (!normals) throw py::value_error("normals are needed by the normal and shading channels");
-    normals->require_dtype({DType::Float32}).require_ndim(2).require_size(0, num_vertices).require_size(1, 3)
-        .require_contiguous().require_device(device);
+    normals->require_dtype({DType::Float32}).require_shape({num_vertices, 3}).require_contiguous().require_device(device);
   }
 
   const ArrayView images = ArrayView::from_python(images_obj, "images");
@@ -209,14 +209,14 @@ void vertex_normals_binding(py::handle vertices_obj, py::handle faces_obj, py::h
                             py::handle normals_obj, int num_threads) {
   const ArrayView vertices = ArrayView::from_python(vertices_obj, "vertices");
   const Device cpu{DeviceType::CPU, 0};
-  vertices.require_dtype({DType::Float32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(cpu);
+  vertices.require_dtype({DType::Float32}).require_shape({kAnySize, 3}).require_contiguous().require_device(cpu);
   const ArrayView faces = ArrayView::from_python(faces_obj, "faces");
-  faces.require_dtype({DType::Int32}).require_ndim(2).require_size(1, 3).require_contiguous().require_device(cpu);
+  faces.require_dtype({DType::Int32}).require_shape({kAnySize, 3}).require_contiguous().require_device(cpu);
   const ArrayView meshes = ArrayView::from_python(meshes_obj, "meshes");
-  meshes.require_dtype({DType::Int64}).require_ndim(2).require_size(1, 4).require_contiguous().require_device(cpu);
+  meshes.require_dtype({DType::Int64}).require_shape({kAnySize, 4}).require_contiguous().require_device(cpu);
   const ArrayView normals = ArrayView::from_python(normals_obj, "normals");
-  normals.require_dtype({DType::Float32}).require_ndim(2).require_size(0, vertices.size(0)).require_size(1, 3)
-      .require_contiguous().require_writable().require_device(cpu);
+  normals.require_dtype({DType::Float32}).require_shape({vertices.size(0), 3}).require_contiguous().require_writable()
+      .require_device(cpu);
   check_meshes_on_cpu(meshes, faces, vertices.size(0));
   require_disjoint_vertex_ranges(meshes);
   py::gil_scoped_release release;
