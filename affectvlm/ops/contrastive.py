@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectvlm._ext import extension
+from affectvlm.ops.checks import require_tensor, value_range
 from affectvlm.ops.reference import NORMALISE_EPS
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the learnable scale
@@ -155,7 +156,7 @@ def _stream(tensor: torch.Tensor) -> int:
 
 def _checked(images, image_labels, texts, text_labels):
     """Shapes, dtypes and finiteness, each failure a ValueError or TypeError naming the argument."""
-    _require_tensor(images, "images")
+    require_tensor(images, "images")
     if images.ndim != 2 or len(images) == 0:
         raise ValueError(f"images must have shape (N, D) with N >= 1, got {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -166,7 +167,7 @@ def _checked(images, image_labels, texts, text_labels):
     if texts is None:
         texts = images.new_empty(0, images.shape[1])
         text_labels = image_labels.new_empty(0)
-    _require_tensor(texts, "texts")
+    require_tensor(texts, "texts")
     if texts.ndim != 2 or texts.shape[1] != images.shape[1]:
         raise ValueError(f"texts must have shape (M, {images.shape[1]}) like images, got {tuple(texts.shape)}")
     if texts.dtype != images.dtype or texts.device != images.device:
@@ -179,13 +180,8 @@ def _checked(images, image_labels, texts, text_labels):
     return images, image_labels, texts, text_labels
 
 
-def _require_tensor(value, name):
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-
-
 def _require_labels(labels, name, length, device):
-    _require_tensor(labels, name)
+    require_tensor(labels, name)
     if labels.dtype != torch.int64:
         raise TypeError(f"{name} must have dtype torch.int64, got {labels.dtype}")
     if labels.shape != (length,):
@@ -195,6 +191,8 @@ def _require_labels(labels, name, length, device):
 
 
 def _check_label_range(labels, name, num_classes):
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}), got values from {int(labels.min())} "
-                         f"to {int(labels.max())}")
+    if not len(labels):
+        return
+    low, high = value_range(labels)
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"{name} must lie in [0, {num_classes}), got values from {low} to {high}")

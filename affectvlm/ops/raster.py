@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from affectvlm.geometry.cameras import Cameras
+from affectvlm.ops.checks import require_tensor, value_range
 
 CHANNEL_WIDTHS = {"depth": 1, "normal": 3, "shading": 1, "mask": 1, "attributes": None}
 DEFAULT_CHANNELS = ("depth", "normal", "shading", "mask")
@@ -191,17 +192,8 @@ def _all_finite(values: torch.Tensor) -> bool:
     return bool(torch.isfinite(values).all())
 
 
-def _value_range(values: torch.Tensor) -> tuple[int, int]:
-    if values.device.type == "cpu":
-        array = values.detach().numpy()
-        return int(array.min()), int(array.max())
-    low, high = torch.aminmax(values)
-    return int(low), int(high)
-
-
 def _check_vertices(vertices: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(vertices, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(vertices).__name__}")
+    require_tensor(vertices, name)
     if not vertices.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {vertices.dtype}")
     if vertices.shape[-1:] != (3,) or vertices.shape[-2] == 0:
@@ -212,15 +204,14 @@ def _check_vertices(vertices: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _check_faces(faces: torch.Tensor, num_vertices: int, name: str, device: torch.device) -> torch.Tensor:
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(faces).__name__}")
+    require_tensor(faces, name)
     if faces.dtype.is_floating_point or faces.dtype in (torch.bool, torch.complex64, torch.complex128):
         raise TypeError(f"{name} must hold integer indices, got {faces.dtype}")
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
         raise ValueError(f"{name} must have shape (F, 3) with F >= 1, got {tuple(faces.shape)}")
     if faces.device != device:
         raise ValueError(f"{name} are on {faces.device} but the vertices on {device}")
-    low, high = _value_range(faces)
+    low, high = value_range(faces)
     if low < 0:
         raise ValueError(f"{name} hold a negative vertex index ({low})")
     if high >= num_vertices:
