@@ -247,7 +247,7 @@ def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view
             pixels = torch.nonzero(keys != NO_KEY).flatten()
             ids = keys[pixels] & 0xFFFFFFFF
             triangle_ids[b, k].view(-1)[pixels] = ids.int()
-            bary = _barycentrics(triangles, screen, mesh_faces, ids, pixels, width)
+            bary = _barycentrics(screen, mesh_faces, ids, pixels, width)
             corners = mesh_faces[ids].long() + vertex_start
             out = images[b, k].view(images.shape[2], -1)
             if barycentrics is not None:
@@ -268,16 +268,17 @@ def _normalise_depth(depth: torch.Tensor, pixels: torch.Tensor) -> None:
     depth[pixels] = torch.ones_like(distance) if flat else (farthest - distance) / span
 
 
-def _barycentrics(triangles, screen, mesh_faces, ids, pixels, width) -> torch.Tensor:
-    part = {k: v[ids] for k, v in triangles.items()}
+def _barycentrics(screen, mesh_faces, ids, pixels, width) -> torch.Tensor:
+    """Perspective-correct weights of each pixel's corners: edge function opposite a corner over its clip w,
+    normalised (orientation and area cancel), as raster_common.h computes them."""
+    corners = mesh_faces[ids].long()
+    x, y, inv_w = screen["x"][corners], screen["y"][corners], screen["inv_w"][corners]
     px = pixels % width * SUBPIXEL_SCALE + HALF_PIXEL
     py = pixels // width * SUBPIXEL_SCALE + HALF_PIXEL
-    w = _screen_weights(part["area"], _edge_functions(part, px, py))
-    inv_w = screen["inv_w"][mesh_faces[ids].long()].gather(1, part["corner"])
-    p = [w[s] * inv_w[:, s] for s in range(3)]
-    total = (p[0] + p[1]) + p[2]
-    weights = torch.stack([q / total for q in p], dim=1)
-    return torch.zeros(len(ids), 3, device=inv_w.device).scatter_(1, part["corner"], weights)
+    edges = _edge_functions({"x": x, "y": y}, px, py)
+    p = [edges[i].float() * inv_w[:, i] for i in range(3)]
+    scale = torch.ones_like(p[0]) / ((p[0] + p[1]) + p[2])
+    return torch.stack([q * scale for q in p], dim=1)
 
 
 def _shade(out, layout, pixels, bary, corners, corner_depth, normals, attributes, world_to_view, light,

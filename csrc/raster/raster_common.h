@@ -189,19 +189,18 @@ AFFECTVLM_HD uint64_t depth_key(float z01, uint32_t triangle) {
 
 AFFECTVLM_HD uint32_t key_triangle(uint64_t key) { return static_cast<uint32_t>(key & 0xffffffffu); }
 
-// Perspective-correct barycentrics of the original corners from screen weights of the slots.
-AFFECTVLM_HD void perspective_barycentrics(const Triangle& t, const float w[3], const float inv_w[3],
-                                           float bary[3]) {
-  float slot_inv_w[3];
-  in_slot_order(t, inv_w[0], inv_w[1], inv_w[2], slot_inv_w);
-  const float p0 = w[0] * slot_inv_w[0];
-  const float p1 = w[1] * slot_inv_w[1];
-  const float p2 = w[2] * slot_inv_w[2];
-  const float sum = (p0 + p1) + p2;
-  const float b1 = p1 / sum, b2 = p2 / sum;
-  bary[0] = p0 / sum;
-  bary[1] = t.swapped ? b2 : b1;
-  bary[2] = t.swapped ? b1 : b2;
+// Perspective-correct barycentrics of the corners at a point. The edge function opposite each corner, over
+// that corner's clip w, is proportional to its weight; the common factor (twice the area, and its sign for a
+// clockwise triangle) cancels in the normalisation, so no orientation or area is needed here.
+AFFECTVLM_HD void perspective_barycentrics(const ScreenVertex corner[3], int64_t px, int64_t py, float bary[3]) {
+  const ScreenVertex &c0 = corner[0], &c1 = corner[1], &c2 = corner[2];
+  const float p0 = static_cast<float>((c2.x - c1.x) * (py - c1.y) - (c2.y - c1.y) * (px - c1.x)) * c0.inv_w;
+  const float p1 = static_cast<float>((c0.x - c2.x) * (py - c2.y) - (c0.y - c2.y) * (px - c2.x)) * c1.inv_w;
+  const float p2 = static_cast<float>((c1.x - c0.x) * (py - c0.y) - (c1.y - c0.y) * (px - c0.x)) * c2.inv_w;
+  const float scale = 1.0f / ((p0 + p1) + p2);
+  bary[0] = p0 * scale;
+  bary[1] = p1 * scale;
+  bary[2] = p2 * scale;
 }
 
 AFFECTVLM_HD float interpolate(const float bary[3], float a0, float a1, float a2) {
@@ -238,17 +237,9 @@ AFFECTVLM_HD void write_background(const RasterParams& p, const RasterOutputs& o
 AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out,
                                  int64_t image, int64_t pixel, uint32_t triangle, const int64_t corner_vertex[3],
                                  const ScreenVertex corner_screen[3], const float* world_to_view) {
-  Triangle t;  // the depth test kept it, so it is valid and covers pixels; only its orientation is needed
-  if (!orient_triangle(corner_screen[0], corner_screen[1], corner_screen[2], p.cull_backfaces, &t)) {
-    write_background(p, out, image, pixel);  // unreachable
-    return;
-  }
-  const int64_t px = pixel_centre(static_cast<int>(pixel % p.width));
-  const int64_t py = pixel_centre(static_cast<int>(pixel / p.width));
-  float w[3], bary[3];
-  screen_weights(t, edge_function(t, 0, px, py), edge_function(t, 1, px, py), edge_function(t, 2, px, py), w);
-  const float inv_w[3] = {corner_screen[0].inv_w, corner_screen[1].inv_w, corner_screen[2].inv_w};
-  perspective_barycentrics(t, w, inv_w, bary);
+  float bary[3];
+  perspective_barycentrics(corner_screen, pixel_centre(static_cast<int>(pixel % p.width)),
+                           pixel_centre(static_cast<int>(pixel / p.width)), bary);
 
   const int64_t plane = int64_t(p.height) * p.width;
   float* channel = out.images + image * p.num_channels * plane + pixel;
@@ -284,7 +275,7 @@ AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, 
         interpolate(bary, in.attributes[corner_vertex[0] * n + a], in.attributes[corner_vertex[1] * n + a],
                     in.attributes[corner_vertex[2] * n + a]);
   }
-  out.triangle_ids[image * plane + pixel] = static_cast<int32_t>(triangle);
+  if (out.triangle_ids) out.triangle_ids[image * plane + pixel] = static_cast<int32_t>(triangle);
   if (out.barycentrics) {
     for (int i = 0; i < 3; ++i) out.barycentrics[(image * 3 + i) * plane + pixel] = bary[i];
   }
