@@ -398,6 +398,124 @@ def test_extension_drops_non_finite_vertices_without_reading_them_as_positions()
     assert (arguments["images"] == 0).all() and (arguments["triangle_ids"] == -1).all()
 
 
+def small_triangle_soup(rng: np.random.Generator, num_faces: int):
+    """Triangles of up to a few pixels at 48 px, as a face mesh has at 224 px, with some larger ones and some
+    behind the camera among them: the vectorised depth test takes eight at a time, the rest go one by one."""
+    centres = rng.uniform(-0.9, 0.9, (num_faces, 1, 3))
+    sizes = np.where(rng.random((num_faces, 1, 1)) < 0.9, 0.03, 0.4)
+    vertices = (centres + rng.standard_normal((num_faces, 3, 3)) * sizes).reshape(-1, 3)
+    vertices[rng.random(len(vertices)) < 0.02, 2] = 5.0  # beyond the camera at distance 3
+    return torch.from_numpy(vertices).float(), torch.arange(3 * num_faces, dtype=torch.int32).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_depth_test_matches_reference_on_small_triangles(seed):
+    rng = np.random.default_rng(seed)
+    vertices, faces = small_triangle_soup(rng, 403)
+    kernel, reference = render_both(vertices, faces, random_cameras(rng, 2), 48, attributes=vertices,
+                                    cull_backfaces=bool(seed % 2))
+    assert (kernel[1].triangle_ids >= 0).sum() > 200
+    assert_same_render(kernel, reference)
+
+
+def tie_camera():
+    """Identity view and projection: pixel x of a vertex at world x is (x / 2 + 1 / 2) * size, exactly."""
+    identity = torch.eye(4).reshape(1, 1, 4, 4)
+    return Cameras(identity, identity.clone())
+
+
+@pytest.mark.parametrize("subpixels_right, columns_right", [(0.5, 0), (0.75, 1)])
+def test_positions_round_to_the_nearest_subpixel_and_halfway_to_even(subpixels_right, columns_right):
+    """Fixed-point positions round like rintf. Rectangles whose left and right sides lie half a subpixel right
+    of a pixel centre (an even fixed-point value) land on that centre, which the fill rule gives to the
+    left side only; three quarters of a subpixel right, they land right of it and the rectangle covers one
+    column further right. (Rounding halfway cases up, or truncating, would shift one of the two.)"""
+    size, subpixels = 16, 256
+    rows = [(1, 4), (5, 8), (9, 12), (13, 16)]
+
+    def world_x(column):
+        return ((column + 0.5) * subpixels + subpixels_right) / (size * subpixels) * 2 - 1
+
+    def world_y(row):
+        return 1 - row / size * 2
+
+    vertices, faces, expected = [], [], torch.zeros(size, size, dtype=torch.bool)
+    for number, (top, bottom) in enumerate(rows):
+        left, right = 1 + 2 * number, 9 + number
+        corners = [(world_x(left), world_y(top)), (world_x(right), world_y(top)),
+                   (world_x(right), world_y(bottom)), (world_x(left), world_y(bottom))]
+        start = len(vertices)
+        vertices += [(x, y, 0.0) for x, y in corners]
+        faces += [(start, start + 3, start + 2), (start, start + 2, start + 1)]
+        expected[top:bottom, left + columns_right:right + columns_right] = True
+    vertices, faces = torch.tensor(vertices), torch.tensor(faces, dtype=torch.int32)
+    fixed_x = (vertices[:, 0] * 0.5 + 0.5) * size * subpixels
+    assert torch.equal(fixed_x % 1, torch.full_like(fixed_x, subpixels_right))  # the world positions are exact
+    kernel, reference = render_both(vertices, faces, tie_camera(), size, attributes=vertices)
+    assert torch.equal(kernel[1].triangle_ids[0, 0] >= 0, expected)
+    assert_same_render(kernel, reference)
+
+
+def test_small_triangles_across_the_image_border_stay_inside_it():
+    """A triangle whose 2 x 2 pixel box is cut by the image's edge must not reach past it: not into the next
+    row (right edge), nor past the last row (bottom edge)."""
+    rng = np.random.default_rng(3)
+    size, count = 16, 64
+    border = rng.choice([-1.0, 1.0], (count, 1, 2)) * (rng.random((count, 1, 2)) < 0.5)
+    centres = np.where(border != 0, border, rng.uniform(-1, 1, (count, 1, 2)))
+    corners = centres + rng.uniform(-1.5, 1.5, (count, 3, 2)) * 2 / size  # within a pixel and a half
+    vertices = np.concatenate([corners, np.zeros((count, 3, 1))], axis=2).reshape(-1, 3)
+    vertices = torch.from_numpy(vertices).float()
+    faces = torch.arange(3 * count, dtype=torch.int32).reshape(-1, 3)
+    kernel, reference = render_both(vertices, faces, tie_camera(), size, attributes=vertices)
+    ids = kernel[1].triangle_ids[0, 0]
+    assert (ids[:, -1] >= 0).any() and (ids[-1] >= 0).any()
+    assert_same_render(kernel, reference)
+
+
+def test_baseline_build_renders_like_the_vectorised_one(tmp_path):
+    """AFFECTVLM_CPU=baseline runs the SSE2 code of the depth test on any CPU: its images must equal the
+    default dispatch's (x86-64-v3 where the CPU has it) bit for bit."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np, torch\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from raster_scenes import random_cameras\n"
+        "from test_raster import small_triangle_soup\n"
+        "from affectvlm.ops.raster import render_views\n"
+        "rng = np.random.default_rng(11)\n"
+        "vertices, faces = small_triangle_soup(rng, 997)\n"
+        "images, fragments = render_views(vertices, faces, random_cameras(rng, 3), 64, return_fragments=True)\n"
+        "torch.save((images, fragments.triangle_ids), sys.argv[1])\n")
+    outputs = []
+    for cpu in ("baseline", "default"):
+        path = tmp_path / f"{cpu}.pt"
+        env = {**__import__("os").environ, "AFFECTVLM_CPU": cpu}
+        subprocess.run([sys.executable, "-c", script, str(path), str(__import__("pathlib").Path(__file__).parent)],
+                       check=True, env=env)
+        outputs.append(torch.load(path))
+    (images, ids), (default_images, default_ids) = outputs
+    assert (ids >= 0).sum() > 1000
+    assert torch.equal(ids, default_ids) and torch.equal(images, default_images)
+
+
+@pytest.mark.parametrize("meshes, views", [(1, 1), (1, 3), (2, 3), (5, 3)])
+def test_images_are_the_same_on_any_number_of_threads(meshes, views):
+    """Few images are split across threads (faces, then bands of rows); many are handed out whole. Either
+    way every thread count gives the same bits."""
+    rng = np.random.default_rng(meshes * 10 + views)
+    vertices, faces = small_triangle_soup(rng, 500)
+    vertices = vertices.expand(meshes, -1, -1) + 0.01 * torch.randn(meshes, *vertices.shape)
+    cameras = random_cameras(rng, views)
+    renders = [raw_kernel_render(vertices, faces, cameras, 40, ["depth", "normal", "shading", "mask"],
+                                 num_threads=threads) for threads in (1, 2, 3, 8)]
+    for images, ids, bary in renders[1:]:
+        assert torch.equal(images, renders[0][0]) and torch.equal(ids, renders[0][1])
+        assert torch.equal(bary, renders[0][2])
+
+
 def test_vertex_normals_of_a_sphere_point_outwards_in_every_layout():
     vertices, faces = icosphere(3)
     scaled = torch.stack([vertices, vertices * 2])

@@ -87,13 +87,16 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     num_channels = sum(s.stop - s.start for s in layout.values())
     device = batch.vertices.device
     shape = (batch.num_meshes, world_to_clip.shape[1])
+    use_kernel = _use_kernel(backend, device)
     images = torch.empty(*shape, num_channels, height, width, device=device)
-    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
+    # The CPU kernel needs no triangle ids of its own: they cost a second image's worth of memory traffic.
+    needs_ids = return_fragments or not use_kernel or device.type != "cpu"
+    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device) if needs_ids else None
     barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
     arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
                      normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light,
                      ambient=float(ambient))
-    if _use_kernel(backend, device):
+    if use_kernel:
         _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
     else:
         from affectvlm.ops.reference import render_views_reference

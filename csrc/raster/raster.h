@@ -52,7 +52,8 @@ struct RasterInputs {
 
 struct RasterOutputs {
   float* images = nullptr;          // (B, K, C, H, W)
-  int32_t* triangle_ids = nullptr;  // (B, K, H, W): the mesh-local face index, -1 for background
+  int32_t* triangle_ids = nullptr;  // (B, K, H, W): the mesh-local face index, -1 for background;
+                                    // optional on the CPU
   float* barycentrics = nullptr;    // optional (B, K, 3, H, W), perspective-correct
   int64_t* zbuffer = nullptr;       // (B, K, H, W) workspace of depth keys; CUDA only
 };

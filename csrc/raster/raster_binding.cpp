@@ -90,7 +90,7 @@ void require_image_shape(const ArrayView& view, int64_t meshes, int64_t views, i
 
 void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::handle meshes_obj,
                           py::handle world_to_clip_obj, py::handle world_to_view_obj, py::handle images_obj,
-                          py::handle triangle_ids_obj, const std::vector<std::string>& channels,
+                          py::object triangle_ids_obj, const std::vector<std::string>& channels,
                           py::object normals_obj, py::object attributes_obj, py::object barycentrics_obj,
                           py::object zbuffer_obj, bool normalise_depth, bool cull_backfaces,
                           std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream) {
@@ -147,9 +147,11 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
                           " pixels high and wide, got " + std::to_string(height) + " x " + std::to_string(width));
   }
   require_image_shape(images, num_meshes, num_views, p.num_channels, height, width);
-  const ArrayView triangle_ids = ArrayView::from_python(triangle_ids_obj, "triangle_ids");
-  triangle_ids.require_dtype({DType::Int32}).require_device(device);
-  require_image_shape(triangle_ids, num_meshes, num_views, -1, height, width);
+  const std::optional<ArrayView> triangle_ids = optional_view(triangle_ids_obj, "triangle_ids");
+  if (triangle_ids) {
+    triangle_ids->require_dtype({DType::Int32}).require_device(device);
+    require_image_shape(*triangle_ids, num_meshes, num_views, -1, height, width);
+  }
   const std::optional<ArrayView> barycentrics = optional_view(barycentrics_obj, "barycentrics");
   if (barycentrics) {
     barycentrics->require_dtype({DType::Float32}).require_device(device);
@@ -182,7 +184,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   in.world_to_view = world_to_view.data_as<const float>();
   RasterOutputs out;
   out.images = images.data_as<float>();
-  out.triangle_ids = triangle_ids.data_as<int32_t>();
+  out.triangle_ids = triangle_ids ? triangle_ids->data_as<int32_t>() : nullptr;
   out.barycentrics = barycentrics ? barycentrics->data_as<float>() : nullptr;
   out.zbuffer = zbuffer ? zbuffer->data_as<int64_t>() : nullptr;
 
@@ -196,6 +198,7 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
 #ifdef AFFECTVLM_WITH_CUDA
   // Values on the GPU cannot be read here; affectvlm.ops.raster checks the meshes and faces before calling.
   if (!zbuffer) throw py::value_error("zbuffer (B, K, H, W) int64 workspace is needed on CUDA");
+  if (!triangle_ids) throw py::value_error("triangle_ids (B, K, H, W) int32 are needed on CUDA");
   py::gil_scoped_release release;
   render_views_cuda(p, in, out, reinterpret_cast<void*>(stream));
 #else

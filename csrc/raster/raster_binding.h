@@ -13,7 +13,7 @@ namespace raster {
 
 void render_views_binding(pybind11::handle vertices, pybind11::handle faces, pybind11::handle meshes,
                           pybind11::handle world_to_clip, pybind11::handle world_to_view, pybind11::handle images,
-                          pybind11::handle triangle_ids, const std::vector<std::string>& channels,
+                          pybind11::object triangle_ids, const std::vector<std::string>& channels,
                           pybind11::object normals, pybind11::object attributes, pybind11::object barycentrics,
                           pybind11::object zbuffer, bool normalise_depth, bool cull_backfaces,
                           std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream);

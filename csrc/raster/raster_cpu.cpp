@@ -1,7 +1,11 @@
-// CPU kernel: (mesh, view) images handed out to threads one at a time. Per image the mesh's vertices are
-// projected once, each triangle walks its pixel bounding box with incremental integer edge functions into a
-// z-buffer that stays in the thread's cache, a resolve pass shades the winning fragments, and the depth
-// channel is rescaled.
+// CPU kernel. Per image: the mesh's vertices are projected once; the depth test runs eight small triangles at
+// a time through vector lanes (larger ones walk their pixel box one by one) into a z-buffer that stays in
+// the thread's cache; a resolve pass shades the winning fragments; the depth channel is rescaled.
+//
+// Work is shared out as whole images where there are enough of them for every thread. Fewer images (one
+// mesh's three views, say) are split: each of `parts` workers depth-tests a share of an image's faces into
+// its own z-buffer, then each takes a band of rows, merges the z-buffers there (keys are minima, so the order
+// does not matter) and resolves it.
 //
 // Plain threads that block when out of work, rather than OpenMP: libgomp's default spin-waiting stalls a
 // call for whole scheduler time slices when the cores are shared (on the 2-core CI machine under load, a
@@ -9,6 +13,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -19,25 +25,97 @@ namespace affectvlm {
 namespace raster {
 namespace {
 
-// A thread is started only for this many images or more: waking one on a busy core can cost a scheduler
-// time slice (milliseconds), more than a few images take to render.
-constexpr int64_t kMinImagesPerThread = 8;
+#define AFFECTVLM_INLINE inline __attribute__((always_inline))
 
-// Scratch reused across the images a thread renders.
-struct ImageScratch {
-  std::vector<ScreenVertex> screen;
-  std::vector<uint64_t> zbuffer;
-};
+// Eight 32-bit lanes (GCC/Clang vector types): one AVX2 register, or two SSE2 registers on the baseline.
+constexpr int kLanes = 8;
+typedef int32_t LaneInts __attribute__((vector_size(4 * kLanes)));
+typedef float LaneFloats __attribute__((vector_size(4 * kLanes)));
+constexpr LaneInts kLaneBit = {1, 2, 4, 8, 16, 32, 64, 128};
 
-void project_mesh(const RasterParams& p, const RasterInputs& in, const MeshRange& mesh, const float* clip,
-                  const float* view, std::vector<ScreenVertex>& screen) {
-  screen.resize(static_cast<size_t>(mesh.vertex_count));
-  const float* vertices = in.vertices + mesh.vertex_start * 3;
-  for (int64_t v = 0; v < mesh.vertex_count; ++v) {
-    screen[v] = project_vertex(clip, view, vertices + v * 3, p.width, p.height);
-  }
+// These helpers are always inlined, so returning a 32-byte vector never crosses a call boundary whose ABI
+// would differ between the baseline and AVX2 code.
+#pragma GCC diagnostic ignored "-Wpsabi"
+AFFECTVLM_INLINE LaneInts lane_min(const LaneInts& a, const LaneInts& b) { return a < b ? a : b; }
+AFFECTVLM_INLINE LaneInts lane_max(const LaneInts& a, const LaneInts& b) { return a > b ? a : b; }
+// Bit i set where lane i of a comparison result is true.
+AFFECTVLM_INLINE int lane_bits(const LaneInts& mask) {
+  const LaneInts bits = mask & kLaneBit;
+  return (bits[0] | bits[1] | bits[2] | bits[3]) | (bits[4] | bits[5] | bits[6] | bits[7]);
 }
 
+// Fixed-point positions fit 32 bits (the guard band keeps them within 2^29); a vertex that cannot be drawn
+// gets an x no position takes.
+constexpr int32_t kInvalidPosition = -(1 << 30);
+// Corners at most this far apart (64 pixels) keep every product of the vectorised set-up within 32 bits.
+constexpr int32_t kSmallExtent = 64 * kSubpixelScale;
+
+// A mesh's vertices seen by one camera (project_vertex), one array per field, so that the depth test loads
+// eight triangles' corners at once.
+struct ProjectedMesh {
+  std::vector<int32_t> x, y;  // kInvalidPosition in x: the vertex cannot be drawn
+  std::vector<float> z01, inv_w, depth;
+
+  ScreenVertex vertex(int32_t v) const {
+    return ScreenVertex{x[v], y[v], z01[v], inv_w[v], depth[v], x[v] != kInvalidPosition};
+  }
+};
+
+// rintf, lane by lane: below 2^23 in magnitude, adding and subtracting 2^23 (with the value's sign) rounds
+// to the nearest integer, ties to even; from 2^23 on every float is an integer already.
+AFFECTVLM_INLINE LaneFloats lane_rint(const LaneFloats& v) {
+  constexpr float kTwo23 = 8388608.0f;
+  const LaneFloats magic = v < 0.0f ? LaneFloats{} - kTwo23 : LaneFloats{} + kTwo23;
+  return (v < kTwo23) & (v > -kTwo23) ? (v + magic) - magic : v;
+}
+
+AFFECTVLM_INLINE LaneFloats lane_row(const float* row, const LaneFloats& x, const LaneFloats& y,
+                                     const LaneFloats& z) {
+  return ((row[0] * x + row[1] * y) + row[2] * z) + row[3];  // transform_row
+}
+
+// project_vertex for eight vertices at once, in the same operations and order, so in the same roundings.
+AFFECTVLM_INLINE void project_eight(const RasterParams& p, const float* vertices, const float* clip,
+                                    const float* view, int64_t first, ProjectedMesh& screen) {
+  LaneFloats x, y, z;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    x[lane] = vertices[(first + lane) * 3];
+    y[lane] = vertices[(first + lane) * 3 + 1];
+    z[lane] = vertices[(first + lane) * 3 + 2];
+  }
+  const LaneFloats cx = lane_row(clip, x, y, z), cy = lane_row(clip + 4, x, y, z);
+  const LaneFloats cz = lane_row(clip + 8, x, y, z), cw = lane_row(clip + 12, x, y, z);
+  const LaneFloats depth = -lane_row(view + 8, x, y, z);
+  const LaneInts in_front = (cw > 0.0f) & (cz >= -cw);
+  const LaneFloats inv_w = 1.0f / cw;
+  const LaneFloats px = ((cx * inv_w) * 0.5f + 0.5f) * static_cast<float>(p.width);
+  const LaneFloats py = (0.5f - (cy * inv_w) * 0.5f) * static_cast<float>(p.height);
+  const LaneFloats z01 = (cz * inv_w) * 0.5f + 0.5f;
+  const LaneInts valid = in_front & (px <= kGuardBandPixels) & (px >= -kGuardBandPixels) &
+                         (py <= kGuardBandPixels) & (py >= -kGuardBandPixels);
+  const LaneInts fixed_x = __builtin_convertvector(lane_rint(px * static_cast<float>(kSubpixelScale)), LaneInts);
+  const LaneInts fixed_y = __builtin_convertvector(lane_rint(py * static_cast<float>(kSubpixelScale)), LaneInts);
+  const LaneInts out_x = valid ? fixed_x : LaneInts{} + kInvalidPosition;
+  const LaneInts out_y = valid ? fixed_y : LaneInts{};
+  const LaneFloats out_z01 = in_front ? z01 : LaneFloats{}, out_inv_w = in_front ? inv_w : LaneFloats{};
+  std::memcpy(&screen.x[first], &out_x, sizeof out_x);
+  std::memcpy(&screen.y[first], &out_y, sizeof out_y);
+  std::memcpy(&screen.z01[first], &out_z01, sizeof out_z01);
+  std::memcpy(&screen.inv_w[first], &out_inv_w, sizeof out_inv_w);
+  std::memcpy(&screen.depth[first], &depth, sizeof depth);
+}
+
+AFFECTVLM_INLINE void project_one(const RasterParams& p, const float* vertices, const float* clip,
+                                  const float* view, int64_t v, ProjectedMesh& screen) {
+  const ScreenVertex s = project_vertex(clip, view, vertices + v * 3, p.width, p.height);
+  screen.x[v] = s.valid ? static_cast<int32_t>(s.x) : kInvalidPosition;
+  screen.y[v] = s.valid ? static_cast<int32_t>(s.y) : 0;
+  screen.z01[v] = s.z01;
+  screen.inv_w[v] = s.inv_w;
+  screen.depth[v] = s.depth;
+}
+
+// Depth test of one triangle over its pixel box, with incremental 64-bit edge functions.
 void rasterize_triangle(const RasterParams& p, const Triangle& t, const float z[3], uint32_t triangle,
                         uint64_t* zbuffer) {
   // Edge s changes by step_x[s] per pixel to the right.
@@ -58,55 +136,203 @@ void rasterize_triangle(const RasterParams& p, const Triangle& t, const float z[
   }
 }
 
-// Background values for the whole image, plane by plane (what write_background does pixel by pixel).
-void clear_image(const RasterParams& p, const RasterOutputs& out, int64_t image) {
-  const int64_t plane = int64_t(p.height) * p.width;
-  std::fill_n(out.images + image * p.num_channels * plane, p.num_channels * plane, 0.0f);
-  std::fill_n(out.triangle_ids + image * plane, plane, -1);
-  if (out.barycentrics) std::fill_n(out.barycentrics + image * 3 * plane, 3 * plane, 0.0f);
+// One triangle through the general path: setup_triangle, then its whole pixel box.
+AFFECTVLM_INLINE void depth_test_triangle(const RasterParams& p, const ProjectedMesh& screen,
+                                          const int32_t* faces, int64_t f, uint64_t* zbuffer) {
+  const ScreenVertex a = screen.vertex(faces[f * 3]);
+  const ScreenVertex b = screen.vertex(faces[f * 3 + 1]);
+  const ScreenVertex c = screen.vertex(faces[f * 3 + 2]);
+  Triangle t;
+  if (!setup_triangle(a, b, c, p.cull_backfaces, p.width, p.height, &t)) return;
+  float z[3];
+  in_slot_order(t, a.z01, b.z01, c.z01, z);
+  rasterize_triangle(p, t, z, static_cast<uint32_t>(f), zbuffer);
 }
 
-void normalise_image_depth(const RasterParams& p, const RasterOutputs& out, int64_t image) {
-  const int64_t plane = int64_t(p.height) * p.width;
-  float* depth = out.images + (image * p.num_channels + p.depth_channel) * plane;
-  const int32_t* ids = out.triangle_ids + image * plane;
-  float nearest = INFINITY, farthest = -INFINITY;
-  for (int64_t pixel = 0; pixel < plane; ++pixel) {
-    if (ids[pixel] < 0) continue;
-    nearest = std::min(nearest, depth[pixel]);
-    farthest = std::max(farthest, depth[pixel]);
+// Eight triangles at once, one per vector lane. The lanes whose pixel box is at most 2 x 2 pixels and whose
+// corners lie within kSmallExtent of each other (nearly all of a face mesh's triangles at these image sizes)
+// are set up and tested at the four pixels of their box in 32-bit integer and float vectors; the others go
+// through depth_test_triangle. Every value is the one setup_triangle and rasterize_triangle compute: the
+// 32-bit edge functions are the same integers, and converting them to float rounds them alike.
+AFFECTVLM_INLINE void depth_test_eight(const RasterParams& p, const ProjectedMesh& screen, const int32_t* faces,
+                                       int64_t first, uint64_t* zbuffer) {
+  LaneInts x[3], y[3];
+  LaneFloats z[3];
+  for (int lane = 0; lane < kLanes; ++lane) {
+    for (int corner = 0; corner < 3; ++corner) {
+      const int32_t v = faces[(first + lane) * 3 + corner];
+      x[corner][lane] = screen.x[v];
+      y[corner][lane] = screen.y[v];
+      z[corner][lane] = screen.z01[v];
+    }
   }
-  for (int64_t pixel = 0; pixel < plane; ++pixel) {
-    if (ids[pixel] >= 0) depth[pixel] = normalised_depth(depth[pixel], nearest, farthest);
+  const LaneInts valid = (x[0] != kInvalidPosition) & (x[1] != kInvalidPosition) & (x[2] != kInvalidPosition);
+  const LaneInts min_x = lane_min(x[0], lane_min(x[1], x[2])), max_x = lane_max(x[0], lane_max(x[1], x[2]));
+  const LaneInts min_y = lane_min(y[0], lane_min(y[1], y[2])), max_y = lane_max(y[0], lane_max(y[1], y[2]));
+  // pixel_box: the first pixel centre at or after the minimum, the last at or before the maximum.
+  const LaneInts col0 = lane_max(-((int32_t(kHalfPixel) - min_x) >> kSubpixelBits), LaneInts{});
+  const LaneInts col1 = lane_min((max_x - int32_t(kHalfPixel)) >> kSubpixelBits, LaneInts{} + (p.width - 1));
+  const LaneInts row0 = lane_max(-((int32_t(kHalfPixel) - min_y) >> kSubpixelBits), LaneInts{});
+  const LaneInts row1 = lane_min((max_y - int32_t(kHalfPixel)) >> kSubpixelBits, LaneInts{} + (p.height - 1));
+  const LaneInts boxed = valid & (col0 <= col1) & (row0 <= row1);
+  const LaneInts quad = boxed & (col1 - col0 <= 1) & (row1 - row0 <= 1) & (max_x - min_x <= kSmallExtent) &
+                        (max_y - min_y <= kSmallExtent);
+  for (int others = lane_bits(boxed & ~quad); others != 0; others &= others - 1) {
+    depth_test_triangle(p, screen, faces, first + __builtin_ctz(others), zbuffer);
+  }
+  if (lane_bits(quad) == 0) return;
+
+  // orient_triangle, on corners made relative to corner 0 (and zero in the other lanes) so that no product
+  // can overflow.
+  LaneInts rx[3], ry[3];
+  for (int corner = 0; corner < 3; ++corner) {
+    rx[corner] = quad ? x[corner] - x[0] : LaneInts{};
+    ry[corner] = quad ? y[corner] - y[0] : LaneInts{};
+  }
+  const LaneInts signed_area = rx[1] * ry[2] - ry[1] * rx[2];
+  LaneInts kept = quad & (signed_area != 0);
+  if (p.cull_backfaces) kept &= signed_area < 0;
+  const LaneInts swap = signed_area < 0;
+  const LaneInts sx[3] = {rx[0], swap ? rx[2] : rx[1], swap ? rx[1] : rx[2]};
+  const LaneInts sy[3] = {ry[0], swap ? ry[2] : ry[1], swap ? ry[1] : ry[2]};
+  const LaneFloats sz[3] = {z[0], swap ? z[2] : z[1], swap ? z[1] : z[2]};
+  const LaneInts area = swap ? -signed_area : signed_area;
+  const LaneFloats inv_area = 1.0f / __builtin_convertvector(kept ? area : LaneInts{} + 1, LaneFloats);
+
+  // Edge functions at the box's first pixel centre, relative to corner 0 like the positions.
+  const LaneInts px = col0 * int32_t(kSubpixelScale) + int32_t(kHalfPixel) - (quad ? x[0] : LaneInts{});
+  const LaneInts py = row0 * int32_t(kSubpixelScale) + int32_t(kHalfPixel) - (quad ? y[0] : LaneInts{});
+  LaneInts edge[3], step_x[3], step_y[3], bias[3];
+  for (int s = 0; s < 3; ++s) {
+    const int a = (s + 1) % 3, b = (s + 2) % 3;
+    const LaneInts dx = sx[b] - sx[a], dy = sy[b] - sy[a];
+    edge[s] = dx * (py - sy[a]) - dy * (px - sx[a]);
+    step_x[s] = -dy * int32_t(kSubpixelScale);
+    step_y[s] = dx * int32_t(kSubpixelScale);
+    bias[s] = ((dy < 0) | ((dy == 0) & (dx > 0))) ? LaneInts{} : LaneInts{} + 1;
+  }
+  const LaneInts second_col = col1 > col0, second_row = row1 > row0;
+  const LaneInts pixel0 = row0 * p.width + col0;
+  for (int corner_of_box = 0; corner_of_box < 4; ++corner_of_box) {
+    const bool right = corner_of_box & 1, down = corner_of_box & 2;
+    LaneInts e[3];
+    for (int s = 0; s < 3; ++s) e[s] = edge[s] + (right ? step_x[s] : LaneInts{}) + (down ? step_y[s] : LaneInts{});
+    LaneInts covered = kept & (e[0] >= bias[0]) & (e[1] >= bias[1]) & (e[2] >= bias[2]);
+    if (right) covered &= second_col;
+    if (down) covered &= second_row;
+    if (lane_bits(covered) == 0) continue;
+    const LaneFloats w0 = __builtin_convertvector(e[0], LaneFloats) * inv_area;
+    const LaneFloats w1 = __builtin_convertvector(e[1], LaneFloats) * inv_area;
+    const LaneFloats w2 = __builtin_convertvector(e[2], LaneFloats) * inv_area;
+    const LaneFloats depth = (w0 * sz[0] + w1 * sz[1]) + w2 * sz[2];  // fragment_z01
+    const int64_t offset = (down ? p.width : 0) + (right ? 1 : 0);
+    for (int lanes = lane_bits(covered); lanes != 0; lanes &= lanes - 1) {
+      const int lane = __builtin_ctz(lanes);
+      uint64_t& key = zbuffer[pixel0[lane] + offset];
+      key = std::min(key, depth_key(depth[lane], static_cast<uint32_t>(first + lane)));
+    }
   }
 }
 
-void render_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
-                  ImageScratch& scratch) {
+// Projects the mesh of `image` and depth-tests its faces [first_face, end_face) into `zbuffer` (H x W keys,
+// filled with kEmptyKey first).
+AFFECTVLM_INLINE void project_and_test_body(const RasterParams& p, const RasterInputs& in, int64_t image,
+                                            int64_t first_face, int64_t end_face, ProjectedMesh& screen,
+                                            uint64_t* zbuffer) {
   const int64_t mesh_index = image / p.num_views;
   const MeshRange mesh = reinterpret_cast<const MeshRange*>(in.meshes)[mesh_index];
   const int64_t camera = camera_index(p, mesh_index, image % p.num_views);
-  const float* clip = in.world_to_clip + camera * 16;
-  const float* view = in.world_to_view + camera * 16;
-  project_mesh(p, in, mesh, clip, view, scratch.screen);
+  const size_t count = static_cast<size_t>(mesh.vertex_count);
+  for (auto* field : {&screen.x, &screen.y}) field->resize(count);
+  for (auto* field : {&screen.z01, &screen.inv_w, &screen.depth}) field->resize(count);
+  const float* vertices = in.vertices + mesh.vertex_start * 3;
+  const float *clip = in.world_to_clip + camera * 16, *view = in.world_to_view + camera * 16;
+  int64_t v = 0;
+  for (; v + kLanes <= mesh.vertex_count; v += kLanes) project_eight(p, vertices, clip, view, v, screen);
+  for (; v < mesh.vertex_count; ++v) project_one(p, vertices, clip, view, v, screen);
 
-  const int64_t plane = int64_t(p.height) * p.width;
-  scratch.zbuffer.assign(static_cast<size_t>(plane), kEmptyKey);
+  std::fill_n(zbuffer, int64_t(p.height) * p.width, kEmptyKey);
   const int32_t* faces = in.faces + mesh.face_start * 3;
-  for (int64_t f = 0; f < mesh.face_count; ++f) {
-    const ScreenVertex& a = scratch.screen[faces[f * 3]];
-    const ScreenVertex& b = scratch.screen[faces[f * 3 + 1]];
-    const ScreenVertex& c = scratch.screen[faces[f * 3 + 2]];
-    Triangle t;
-    if (!setup_triangle(a, b, c, p.cull_backfaces, p.width, p.height, &t)) continue;
-    float z[3];
-    in_slot_order(t, a.z01, b.z01, c.z01, z);
-    rasterize_triangle(p, t, z, static_cast<uint32_t>(f), scratch.zbuffer.data());
-  }
+  int64_t f = first_face;
+  for (; f + kLanes <= end_face; f += kLanes) depth_test_eight(p, screen, faces, f, zbuffer);
+  for (; f < end_face; ++f) depth_test_triangle(p, screen, faces, f, zbuffer);
+}
 
-  clear_image(p, out, image);
-  for (int64_t pixel = 0; pixel < plane; ++pixel) {
-    const uint64_t key = scratch.zbuffer[pixel];
+// The projection and depth test compiled for x86-64-v3 (AVX2) and for the baseline (SSE2), picked by the
+// CPU; AFFECTVLM_CPU=baseline in the environment picks the baseline on any CPU, so the tests can compare them.
+using ProjectAndTest = void (*)(const RasterParams&, const RasterInputs&, int64_t, int64_t, int64_t,
+                                ProjectedMesh&, uint64_t*);
+
+void project_and_test_baseline(const RasterParams& p, const RasterInputs& in, int64_t image, int64_t first_face,
+                               int64_t end_face, ProjectedMesh& screen, uint64_t* zbuffer) {
+  project_and_test_body(p, in, image, first_face, end_face, screen, zbuffer);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AFFECTVLM_X86_64_V3 1
+__attribute__((target("arch=x86-64-v3"))) void project_and_test_x86_64_v3(
+    const RasterParams& p, const RasterInputs& in, int64_t image, int64_t first_face, int64_t end_face,
+    ProjectedMesh& screen, uint64_t* zbuffer) {
+  project_and_test_body(p, in, image, first_face, end_face, screen, zbuffer);
+}
+#endif
+
+ProjectAndTest choose_project_and_test() {
+  const char* requested = std::getenv("AFFECTVLM_CPU");
+  if (requested != nullptr && std::strcmp(requested, "baseline") == 0) return project_and_test_baseline;
+#ifdef AFFECTVLM_X86_64_V3
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v3")) return project_and_test_x86_64_v3;
+#endif
+  return project_and_test_baseline;
+}
+
+const ProjectAndTest project_and_test = choose_project_and_test();
+
+// Rows [row0, row1) of an image.
+struct Band {
+  int row0, row1;
+};
+
+// The nearest and farthest distance of the covered pixels, for the depth channel's normalisation.
+struct DistanceRange {
+  float nearest = INFINITY, farthest = -INFINITY;
+
+  void add(float distance) {
+    nearest = std::min(nearest, distance);
+    farthest = std::max(farthest, distance);
+  }
+  void add(const DistanceRange& other) {
+    nearest = std::min(nearest, other.nearest);
+    farthest = std::max(farthest, other.farthest);
+  }
+};
+
+// Background values for a band, plane by plane (what write_background does pixel by pixel).
+void clear_band(const RasterParams& p, const RasterOutputs& out, int64_t image, Band band) {
+  const int64_t plane = int64_t(p.height) * p.width, begin = int64_t(band.row0) * p.width;
+  const int64_t pixels = int64_t(band.row1 - band.row0) * p.width;
+  for (int c = 0; c < p.num_channels; ++c) {
+    std::fill_n(out.images + (image * p.num_channels + c) * plane + begin, pixels, 0.0f);
+  }
+  if (out.triangle_ids) std::fill_n(out.triangle_ids + image * plane + begin, pixels, -1);
+  if (out.barycentrics) {
+    for (int i = 0; i < 3; ++i) std::fill_n(out.barycentrics + (image * 3 + i) * plane + begin, pixels, 0.0f);
+  }
+}
+
+// Shades every pixel of the band that a triangle won; returns the range of their distances.
+DistanceRange resolve_band(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
+                           Band band, const ProjectedMesh& screen, const uint64_t* zbuffer) {
+  clear_band(p, out, image, band);
+  const int64_t mesh_index = image / p.num_views;
+  const MeshRange mesh = reinterpret_cast<const MeshRange*>(in.meshes)[mesh_index];
+  const float* view = in.world_to_view + camera_index(p, mesh_index, image % p.num_views) * 16;
+  const int32_t* faces = in.faces + mesh.face_start * 3;
+  const float* depth = out.images + (image * p.num_channels + p.depth_channel) * int64_t(p.height) * p.width;
+  DistanceRange range;
+  for (int64_t pixel = int64_t(band.row0) * p.width; pixel < int64_t(band.row1) * p.width; ++pixel) {
+    const uint64_t key = zbuffer[pixel];
     if (key == kEmptyKey) continue;
     const uint32_t triangle = key_triangle(key);
     int64_t corner_vertex[3];
@@ -114,26 +340,112 @@ void render_image(const RasterParams& p, const RasterInputs& in, const RasterOut
     for (int i = 0; i < 3; ++i) {
       const int32_t local = faces[int64_t(triangle) * 3 + i];
       corner_vertex[i] = mesh.vertex_start + local;
-      corner_screen[i] = scratch.screen[local];
+      corner_screen[i] = screen.vertex(local);
     }
     write_fragment(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, view);
+    if (p.depth_channel >= 0) range.add(depth[pixel]);
   }
-  if (p.depth_channel >= 0 && p.normalise_depth) normalise_image_depth(p, out, image);
+  return range;
 }
 
+// Rescales the band's covered distances to [0, 1] over the image's range; no branch per pixel, so that the
+// compiler vectorises it.
+void normalise_band_depth(const RasterParams& p, const RasterOutputs& out, int64_t image, Band band,
+                          const uint64_t* zbuffer, DistanceRange range) {
+  if (p.depth_channel < 0 || !p.normalise_depth) return;
+  float* depth = out.images + (image * p.num_channels + p.depth_channel) * int64_t(p.height) * p.width;
+  for (int64_t pixel = int64_t(band.row0) * p.width; pixel < int64_t(band.row1) * p.width; ++pixel) {
+    const float normalised = normalised_depth(depth[pixel], range.nearest, range.farthest);
+    depth[pixel] = zbuffer[pixel] != kEmptyKey ? normalised : depth[pixel];
+  }
+}
+
+// One worker's projection and z-buffer.
+struct ImageScratch {
+  ProjectedMesh screen;
+  std::vector<uint64_t> zbuffer;
+};
+
+void render_whole_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
+                        ImageScratch& scratch) {
+  const int64_t face_count = reinterpret_cast<const MeshRange*>(in.meshes)[image / p.num_views].face_count;
+  scratch.zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
+  project_and_test(p, in, image, 0, face_count, scratch.screen, scratch.zbuffer.data());
+  const Band all{0, p.height};
+  const DistanceRange range = resolve_band(p, in, out, image, all, scratch.screen, scratch.zbuffer.data());
+  normalise_band_depth(p, out, image, all, scratch.zbuffer.data(), range);
+}
 
 // Runs work(claim) on up to num_threads threads, the caller's among them; each claims item numbers with
-// claim() until one is >= count. A thread is started only per `min_items_per_thread` items.
+// claim() until one is >= count.
 template <typename Work>
-void share_out(int64_t count, int num_threads, int64_t min_items_per_thread, Work work) {
+void share_out(int64_t count, int num_threads, Work work) {
   std::atomic<int64_t> next{0};
   auto claim = [&next] { return next++; };
-  const int64_t threads_worth_starting = std::max<int64_t>(count / min_items_per_thread, 1);
-  const int64_t helpers = std::min<int64_t>(std::max(num_threads, 1), threads_worth_starting) - 1;
+  const int64_t helpers = std::min<int64_t>(std::max(num_threads, 1), count) - 1;
   std::vector<std::thread> threads;
   for (int64_t t = 0; t < helpers; ++t) threads.emplace_back([&] { work(claim); });
   work(claim);
   for (std::thread& thread : threads) thread.join();
+}
+
+// Work is cut into at least this many items per thread, so that a thread that starts late (on a busy core)
+// leaves the others little to wait for.
+constexpr int64_t kItemsPerThread = 2;
+
+// Counts finished items of one stage of one image; a worker that needs them all waits, yielding its core.
+struct StageCounter {
+  std::atomic<int64_t> finished{0};
+
+  void finish() { finished.fetch_add(1, std::memory_order_release); }
+  void wait_for(int64_t count) const {
+    while (finished.load(std::memory_order_acquire) < count) std::this_thread::yield();
+  }
+};
+
+// The images split into `parts` each. Items are claimed in stage order: every part's depth test of its share
+// of the faces into its own z-buffer, then every band's merge of the image's z-buffers and resolve, then every
+// band's depth normalisation over the image's range. An item waits for its image's previous stage, which
+// earlier claims have all started, so no worker waits on an item nobody has.
+void render_split_images(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t images,
+                         int64_t parts, int num_threads) {
+  const int64_t per_stage = images * parts;  // item i of a stage: image i / parts, part i % parts
+  std::vector<ImageScratch> scratch(static_cast<size_t>(per_stage));
+  std::vector<DistanceRange> ranges(static_cast<size_t>(per_stage));
+  std::vector<StageCounter> tested(static_cast<size_t>(images)), resolved(static_cast<size_t>(images));
+  auto band_of = [&](int64_t part) {
+    return Band{static_cast<int>(p.height * part / parts), static_cast<int>(p.height * (part + 1) / parts)};
+  };
+  share_out(3 * per_stage, num_threads, [&](auto claim) {
+    for (int64_t claimed = claim(); claimed < 3 * per_stage; claimed = claim()) {
+      const int64_t stage = claimed / per_stage, item = claimed % per_stage;
+      const int64_t image = item / parts, part = item % parts, first = image * parts;
+      if (stage == 0) {
+        const int64_t faces = reinterpret_cast<const MeshRange*>(in.meshes)[image / p.num_views].face_count;
+        scratch[item].zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
+        project_and_test(p, in, image, faces * part / parts, faces * (part + 1) / parts, scratch[item].screen,
+                         scratch[item].zbuffer.data());
+        tested[image].finish();
+      } else if (stage == 1) {
+        tested[image].wait_for(parts);
+        const Band band = band_of(part);
+        uint64_t* merged = scratch[first].zbuffer.data();  // the image's first z-buffer takes the merge
+        for (int64_t other = first + 1; other < first + parts; ++other) {
+          const uint64_t* keys = scratch[other].zbuffer.data();
+          for (int64_t pixel = int64_t(band.row0) * p.width; pixel < int64_t(band.row1) * p.width; ++pixel) {
+            merged[pixel] = std::min(merged[pixel], keys[pixel]);
+          }
+        }
+        ranges[item] = resolve_band(p, in, out, image, band, scratch[first].screen, merged);
+        resolved[image].finish();
+      } else {
+        resolved[image].wait_for(parts);
+        DistanceRange range;
+        for (int64_t other = first; other < first + parts; ++other) range.add(ranges[other]);
+        normalise_band_depth(p, out, image, band_of(part), scratch[first].zbuffer.data(), range);
+      }
+    }
+  });
 }
 
 void mesh_vertex_normals(const float* vertices, const int32_t* faces, const MeshRange& mesh, float* normals) {
@@ -166,10 +478,16 @@ void mesh_vertex_normals(const float* vertices, const int32_t* faces, const Mesh
 void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
                       int num_threads) {
   const int64_t images = params.num_meshes * params.num_views;
-  share_out(images, num_threads, kMinImagesPerThread, [&](auto claim) {
+  const int64_t wanted_items = kItemsPerThread * num_threads;
+  if (num_threads > 1 && images < wanted_items) {
+    const int64_t parts = std::min<int64_t>((wanted_items + images - 1) / images, params.height);
+    render_split_images(params, inputs, outputs, images, parts, num_threads);
+    return;
+  }
+  share_out(images, num_threads, [&](auto claim) {
     ImageScratch scratch;
     for (int64_t image = claim(); image < images; image = claim()) {
-      render_image(params, inputs, outputs, image, scratch);
+      render_whole_image(params, inputs, outputs, image, scratch);
     }
   });
 }
@@ -177,7 +495,7 @@ void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, co
 void vertex_normals_cpu(const float* vertices, const int32_t* faces, const int64_t* meshes, int64_t num_meshes,
                         float* normals, int num_threads) {
   const auto* rows = reinterpret_cast<const MeshRange*>(meshes);
-  share_out(num_meshes, num_threads, 1, [&](auto claim) {
+  share_out(num_meshes, num_threads, [&](auto claim) {
     for (int64_t mesh = claim(); mesh < num_meshes; mesh = claim()) {
       mesh_vertex_normals(vertices, faces, rows[mesh], normals);
     }
