@@ -25,7 +25,7 @@
 #ifdef __CUDACC__
 #define AFFECTVLM_HD __host__ __device__ __forceinline__
 #else
-#define AFFECTVLM_HD inline
+#define AFFECTVLM_HD inline __attribute__((always_inline))
 #endif
 
 namespace affectvlm {
