@@ -40,8 +40,11 @@ AFFECTVLM_INLINE LaneInts lane_min(const LaneInts& a, const LaneInts& b) { retur
 AFFECTVLM_INLINE LaneInts lane_max(const LaneInts& a, const LaneInts& b) { return a > b ? a : b; }
 // Bit i set where lane i of a comparison result is true.
 AFFECTVLM_INLINE int lane_bits(const LaneInts& mask) {
-  const LaneInts bits = mask & kLaneBit;
-  return (bits[0] | bits[1] | bits[2] | bits[3]) | (bits[4] | bits[5] | bits[6] | bits[7]);
+  LaneInts bits = mask & kLaneBit;  // a tree of ORs across lanes, by halves
+  bits |= __builtin_shuffle(bits, LaneInts{4, 5, 6, 7, 0, 1, 2, 3});
+  bits |= __builtin_shuffle(bits, LaneInts{2, 3, 0, 1, 2, 3, 0, 1});
+  bits |= __builtin_shuffle(bits, LaneInts{1, 0, 1, 0, 1, 0, 1, 0});
+  return bits[0];
 }
 
 // Fixed-point positions fit 32 bits (the guard band keeps them within 2^29); a vertex that cannot be drawn
