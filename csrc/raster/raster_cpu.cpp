@@ -96,10 +96,11 @@ AFFECTVLM_INLINE void project_eight(const RasterParams& p, const float* vertices
   const LaneFloats z01 = (cz * inv_w) * 0.5f + 0.5f;
   const LaneInts valid = in_front & (px <= kGuardBandPixels) & (px >= -kGuardBandPixels) &
                          (py <= kGuardBandPixels) & (py >= -kGuardBandPixels);
-  const LaneInts fixed_x = __builtin_convertvector(lane_rint(px * static_cast<float>(kSubpixelScale)), LaneInts);
-  const LaneInts fixed_y = __builtin_convertvector(lane_rint(py * static_cast<float>(kSubpixelScale)), LaneInts);
-  const LaneInts out_x = valid ? fixed_x : LaneInts{} + kInvalidPosition;
-  const LaneInts out_y = valid ? fixed_y : LaneInts{};
+  // Converted only where valid: elsewhere the value may be NaN or beyond 32 bits.
+  const LaneFloats fixed_x = valid ? lane_rint(px * static_cast<float>(kSubpixelScale)) : LaneFloats{};
+  const LaneFloats fixed_y = valid ? lane_rint(py * static_cast<float>(kSubpixelScale)) : LaneFloats{};
+  const LaneInts out_x = valid ? __builtin_convertvector(fixed_x, LaneInts) : LaneInts{} + kInvalidPosition;
+  const LaneInts out_y = __builtin_convertvector(fixed_y, LaneInts);
   const LaneFloats out_z01 = in_front ? z01 : LaneFloats{}, out_inv_w = in_front ? inv_w : LaneFloats{};
   std::memcpy(&screen.x[first], &out_x, sizeof out_x);
   std::memcpy(&screen.y[first], &out_y, sizeof out_y);
