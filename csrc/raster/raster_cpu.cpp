@@ -333,7 +333,9 @@ DistanceRange resolve_band(const RasterParams& p, const RasterInputs& in, const 
   const MeshRange mesh = reinterpret_cast<const MeshRange*>(in.meshes)[mesh_index];
   const float* view = in.world_to_view + camera_index(p, mesh_index, image % p.num_views) * 16;
   const int32_t* faces = in.faces + mesh.face_start * 3;
-  const float* depth = out.images + (image * p.num_channels + p.depth_channel) * int64_t(p.height) * p.width;
+  const int64_t plane = int64_t(p.height) * p.width;
+  const float* depth = p.depth_channel < 0 ? nullptr
+                                           : out.images + (image * p.num_channels + p.depth_channel) * plane;
   DistanceRange range;
   for (int64_t pixel = int64_t(band.row0) * p.width; pixel < int64_t(band.row1) * p.width; ++pixel) {
     const uint64_t key = zbuffer[pixel];
