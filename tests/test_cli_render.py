@@ -94,3 +94,23 @@ def test_render_usage_errors(static_faces, tmp_path):
         assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
     missing = run("render", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"))
     assert missing.returncode == 1 and "not a folder" in missing.stderr
+
+
+def test_device_cuda_without_a_usable_gpu_says_why(static_faces, tmp_path):
+    from affectvlm._ext import cuda_status
+
+    if cuda_status().usable:
+        pytest.skip("this machine has a usable GPU")
+    result = render(static_faces, tmp_path / "cache", "--device", "cuda")
+    assert result.returncode == 2
+    assert "affectvlm render: error: --device cuda: " in result.stderr  # then the reason, e.g. no driver
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.cuda
+def test_device_cuda_writes_the_shards_the_cpu_writes(static_faces, tmp_path):
+    assert render(static_faces, tmp_path / "cpu", "--dtype", "float32").returncode == 0
+    result = render(static_faces, tmp_path / "gpu", "--dtype", "float32", "--device", "cuda")
+    assert result.returncode == 0, result.stderr
+    for cpu_shard in sorted((tmp_path / "cpu").glob("shard-*.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "gpu" / cpu_shard.name), np.load(cpu_shard), atol=1e-5)
