@@ -1,12 +1,18 @@
 // CUDA kernels of the fused contrastive loss: the CPU design (contrastive_cpu.cpp) on the GPU.
 //
-// A block of 256 threads owns 64 rows of A and walks over 64-row tiles of B. Thread (tx, ty) = (t % 16, t / 16)
-// computes the dot products of rows ty + 16i and columns tx + 16j (i, j < 4) in registers, from 16-deep chunks of
-// both tiles in shared memory. The 16 threads that share a row are 16 consecutive
+// A block of 256 threads owns 64 rows of A and walks over 64-row tiles of B. Every tile of A·Bᵀ reaches the
+// kernels in the same register layout whatever the precision: thread (tx, ty) = (t % 16, t / 16) holds the dot
+// products of rows ty + 16i and columns tx + 16j (i, j < 4). The 16 threads that share a row are 16 consecutive
 // lanes of one warp and combine their row statistics with shuffles in a fixed order. The backward writes each
 // tile's dLoss/d(a_i · b_j), the coefficients, to shared memory and adds coefficients · B to the block's own rows
 // of dA with plain adds (no other block writes them); only the triplet term, three rows per anchor, and the
 // InfoNCE's dT (below) add with atomics.
+//
+// Where the products run:
+// - float32 inputs: CUDA cores, float32 FMA, for A·Bᵀ and for coefficients · B.
+// - float16 and bfloat16 inputs: tensor cores (nvcuda::wmma). A·Bᵀ in the input precision with float32
+//   accumulators; coefficients · B in TF32 with float32 accumulators (add_products says why TF32). Tiles are
+//   zero-padded in shared memory where N, M or D is not a multiple of the tile.
 //
 // The InfoNCE is one pass over the tiles of Z·Tᵀ for both softmax directions, in the forward and in the backward.
 // Forward: each block keeps a running log-sum-exp for its image rows in registers and adds its share of every
@@ -16,21 +22,28 @@
 // multiview terms read the N×N tiles of Z·Zᵀ once in the forward and once in the backward, each block for its own
 // rows (the symmetry of Z·Zᵀ is not used).
 //
-// Inputs are float32, float16 or bfloat16, read as float32 on CUDA cores; products and gradients accumulate in
-// float32, statistics in float64. The atomics make results on the GPU vary in the last bits from run to run; the
-// CPU kernels are the deterministic ones.
+// Products and gradients accumulate in float32, statistics in float64. The atomics make results on the GPU
+// vary in the last bits from run to run; the CPU kernels are the deterministic ones.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "contrastive/contrastive.h"
 #include "contrastive/contrastive_common.h"
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the contrastive CUDA kernels need sm_80 or newer (bfloat16 and TF32 tensor cores)"
+#endif
+
 namespace affectvlm::contrastive {
 namespace {
+
+namespace wmma = nvcuda::wmma;
 
 constexpr int kTile = 64;
 constexpr int kLanes = 16;            // threads sharing a row
@@ -43,7 +56,23 @@ constexpr int kReduceThreads = 256;
 // minimum, ptxas aimed some of them at 80 registers and spilled.
 constexpr int kBlocksPerSm = 2;
 
-constexpr int kDepth = 16;  // embedding entries per chunk of A·Bᵀ
+constexpr int kDepth = 16;  // CUDA cores: embedding entries per chunk of A·Bᵀ
+
+// Tensor cores. wmma wants the row stride (ldm) a multiple of 16 bytes and every fragment's first element 32-byte
+// aligned. Shared-memory rows are padded by 16 bytes, which keeps the stride a multiple of 16 bytes (so fragments
+// that start at rows 0, 8, 16, ... and at columns 0, 8, ... floats or 0, 16, ... halves of 32-byte aligned
+// arrays are aligned) and spreads a fragment's rows over the memory banks.
+constexpr int kFragment = 16;    // wmma fragments are 16×16
+constexpr int kTf32Depth = 8;    // a TF32 fragment product is 16×8 times 8×16
+constexpr int kChunk = 64;       // embedding entries per chunk of A·Bᵀ
+constexpr int kSlice = 32;       // embedding entries per slice of coefficients · B
+constexpr int kHalfPad = 8;
+constexpr int kFloatPad = 4;
+static_assert((kChunk + kHalfPad) * sizeof(__half) % 16 == 0 && (kTile + kFloatPad) * sizeof(float) % 16 == 0 &&
+                  (kSlice + kFloatPad) * sizeof(float) % 16 == 0,
+              "wmma row strides are multiples of 16 bytes");
+static_assert(kWarps * 2 * kFragment * kFragment == kTile * kTile && kWarps * kFragment * kFragment == kTile * kSlice,
+              "each warp computes two fragments of a tile of dots and one of a slice of products");
 
 __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(__half x) { return __half2float(x); }
@@ -68,7 +97,7 @@ __device__ inline int64_t column_tile_begin(int64_t step, int64_t num_b) {
 
 // ---- Shared memory of the tile products -------------------------------------------------------------------
 
-// 16-deep chunks of both tiles, transposed (out[k][row]).
+// float32 on CUDA cores: 16-deep chunks of both tiles, transposed (out[k][row]).
 struct CudaCoreDots {
   float a[kDepth][kTile + 1];
   float b[kDepth][kTile + 1];
@@ -78,6 +107,27 @@ struct CudaCoreProducts {
   float coefficients[kTile][kTile + 1];
   float slice[kTile][kTile + 1];  // 64 embedding entries of the 64 source rows
 };
+
+// float16/bfloat16 on tensor cores: 64-deep chunks of both tiles, row by row; once multiplied, the same memory
+// holds the finished tile of dot products.
+template <typename In>
+union alignas(32) TensorCoreDots {
+  struct Chunks {
+    In a[kTile][kChunk + kHalfPad];
+    In b[kTile][kChunk + kHalfPad];
+  } chunks;
+  float dots[kTile][kTile + kFloatPad];
+};
+
+struct alignas(32) TensorCoreProducts {
+  float coefficients[kTile][kTile + kFloatPad];
+  float slice[kTile][kSlice + kFloatPad];  // 32 embedding entries of the 64 source rows, then their products
+};
+
+template <typename In>
+using DotMemory = std::conditional_t<std::is_same_v<In, float>, CudaCoreDots, TensorCoreDots<In>>;
+template <typename In>
+using ProductMemory = std::conditional_t<std::is_same_v<In, float>, CudaCoreProducts, TensorCoreProducts>;
 
 // out[r][k] = x[begin + r][k0 + k] for r < 64 and k < kWidth, zero outside the matrix.
 template <int kWidth, typename In, typename Out, int kStride>
@@ -92,19 +142,17 @@ __device__ void load_rows(const In* x, int64_t begin, int64_t num, int64_t dim, 
 // ---- A·Bᵀ tiles -------------------------------------------------------------------------------------------
 
 // out[k][r] = x[begin + r][k0 + k], zero outside the matrix.
-template <typename In>
-__device__ void load_chunk(const In* x, int64_t begin, int64_t num, int64_t dim, int64_t k0,
+__device__ void load_chunk(const float* x, int64_t begin, int64_t num, int64_t dim, int64_t k0,
                            float (*out)[kTile + 1]) {
   for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
     const int r = e / kDepth, k = e % kDepth;
     const int64_t row = begin + r, d = k0 + k;
-    out[k][r] = (row < num && d < dim) ? to_float(x[row * dim + d]) : 0.f;
+    out[k][r] = (row < num && d < dim) ? x[row * dim + d] : 0.f;
   }
 }
 
-// acc[i][j] = a[row_begin + ty + 16i] · b[column_begin + tx + 16j].
-template <typename In>
-__device__ void tile_dots(const In* a, int64_t row_begin, int64_t num_a, const In* b, int64_t column_begin,
+// acc[i][j] = a[row_begin + ty + 16i] · b[column_begin + tx + 16j], float32 on CUDA cores.
+__device__ void tile_dots(const float* a, int64_t row_begin, int64_t num_a, const float* b, int64_t column_begin,
                           int64_t num_b, int64_t dim, CudaCoreDots& s, float acc[kPer][kPer]) {
   const int tx = lane_column(), ty = lane_row();
 #pragma unroll
@@ -130,6 +178,48 @@ __device__ void tile_dots(const In* a, int64_t row_begin, int64_t num_a, const I
         for (int j = 0; j < kPer; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
       }
     }
+  }
+}
+
+// The same for float16/bfloat16 on tensor cores: warp w computes the 16×32 block of the tile at rows 16 (w / 2)
+// and columns 32 (w % 2), two fragments sharing their A fragment, then every thread reads its 4×4 back.
+template <typename In>
+__device__ void tile_dots(const In* a, int64_t row_begin, int64_t num_a, const In* b, int64_t column_begin,
+                          int64_t num_b, int64_t dim, TensorCoreDots<In>& s, float acc[kPer][kPer]) {
+  constexpr int kStride = kChunk + kHalfPad;
+  const int row0 = kFragment * (warp_index() / 2), column0 = 2 * kFragment * (warp_index() % 2);
+  wmma::fragment<wmma::accumulator, kFragment, kFragment, kFragment, float> dots[2];
+  wmma::fill_fragment(dots[0], 0.f);
+  wmma::fill_fragment(dots[1], 0.f);
+  __syncthreads();  // everyone is done with the previous tile (and with the caller's shared memory)
+  for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
+    load_rows<kChunk>(a, row_begin, num_a, dim, k0, s.chunks.a);
+    load_rows<kChunk>(b, column_begin, num_b, dim, k0, s.chunks.b);
+    __syncthreads();
+#pragma unroll 1  // unrolled, ptxas hoists the fragment loads of every step and spills
+    for (int k = 0; k < kChunk; k += kFragment) {
+      wmma::fragment<wmma::matrix_a, kFragment, kFragment, kFragment, In, wmma::row_major> rows;
+      wmma::load_matrix_sync(rows, &s.chunks.a[row0][k], kStride);
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        // Bᵀ in column-major order is B's rows as stored: column n of Bᵀ is row n of B.
+        wmma::fragment<wmma::matrix_b, kFragment, kFragment, kFragment, In, wmma::col_major> columns;
+        wmma::load_matrix_sync(columns, &s.chunks.b[column0 + kFragment * f][k], kStride);
+        wmma::mma_sync(dots[f], rows, columns, dots[f]);
+      }
+    }
+    __syncthreads();  // the chunks are consumed: the next chunk, or the dots, may overwrite them
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f) {
+    wmma::store_matrix_sync(&s.dots[row0][column0 + kFragment * f], dots[f], kTile + kFloatPad, wmma::mem_row_major);
+  }
+  __syncthreads();
+  const int tx = lane_column(), ty = lane_row();
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) acc[i][j] = s.dots[ty + kLanes * i][tx + kLanes * j];
   }
 }
 
@@ -185,7 +275,7 @@ __global__ void count_pairs_kernel(Inputs in, Saved saved) { count_pairs(in, sav
 
 template <typename In>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) multiview_forward_kernel(Inputs in, Saved saved) {
-  __shared__ CudaCoreDots s;
+  __shared__ DotMemory<In> s;
   const In* z = static_cast<const In*>(in.images);
   const int64_t n = in.num_images, row_begin = int64_t(blockIdx.x) * kTile;
   const int tx = lane_column(), ty = lane_row();
@@ -348,7 +438,7 @@ __device__ void add_column_statistics(const float (&logits)[kPer][kPer], double 
 // texts_log_sum_exp_kernel finishes it).
 template <typename In>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) infonce_forward_kernel(Inputs in, Saved saved) {
-  __shared__ CudaCoreDots dots;
+  __shared__ DotMemory<In> dots;
   __shared__ ColumnPartials columns;
   const In* z = static_cast<const In*>(in.images);
   const In* t = static_cast<const In*>(in.texts);
@@ -432,10 +522,10 @@ __device__ inline void add_to_gradient(float* grad, float value) {
   }
 }
 
-// One 64-wide slice of the embedding at a time. Thread (tx, ty) computes targets ty + 16i and embedding entries
-// tx + 16j of the slice.
-template <Target target, typename In>
-__device__ void add_products(const In* source, int64_t source_begin, int64_t num_source, float* grad,
+// float32 on CUDA cores, one 64-wide slice of the embedding at a time. Thread (tx, ty) computes targets
+// ty + 16i and embedding entries tx + 16j of the slice.
+template <Target target>
+__device__ void add_products(const float* source, int64_t source_begin, int64_t num_source, float* grad,
                              int64_t target_begin, int64_t num_target, int64_t dim, CudaCoreProducts& s) {
   const int tx = lane_column(), ty = lane_row();
   for (int64_t k0 = 0; k0 < dim; k0 += kTile) {
@@ -470,6 +560,59 @@ __device__ void add_products(const In* source, int64_t source_begin, int64_t num
   }
 }
 
+template <typename Fragment>
+__device__ void round_to_tf32(Fragment& fragment) {
+  for (int e = 0; e < fragment.num_elements; ++e) fragment.x[e] = wmma::__float_to_tf32(fragment.x[e]);
+}
+
+// float16/bfloat16 on TF32 tensor cores, one 32-wide slice of the embedding at a time: warp w computes the 16×16
+// fragment at targets 16 (w / 2) and entries 16 (w % 2) of the slice, over the 64 sources in steps of 8.
+//
+// Why TF32, and not the input precision or CUDA cores. Tensor cores take both factors in a narrow format. The
+// source rows are float16/bfloat16 values, which TF32 (11 significant bits, float32's exponent range) holds
+// exactly, so the one rounding is that of the float32 coefficients, by at most 2^-11 relatively. Rounded to the
+// input precision instead, as a framework's backward rounds these same coefficients, they would lose 2^-8 in
+// bfloat16; in float16 the small ones (2/|P|, softmax/(rows with a match)) become subnormal (below 6e-5) from
+// batches of a few hundred and flush to zero at tens of thousands. Simulated on the CPU for the shapes of
+// test_cuda_low_precision_error_at_most_twice_the_reference_error, the TF32 rounding moves dZ and dT by at most
+// about a quarter of the framework's own error there, inside the test's bound of twice that error. On CUDA cores
+// the product would be exact to float32 but would keep half of the backward's multiply-adds off the tensor cores.
+template <Target target, typename In>
+__device__ void add_products(const In* source, int64_t source_begin, int64_t num_source, float* grad,
+                             int64_t target_begin, int64_t num_target, int64_t dim, TensorCoreProducts& s) {
+  // Rows: the A fragment is C (row-major). Columns: it is Cᵀ, which is C read in column-major order.
+  using CoefficientLayout = std::conditional_t<target == Target::Rows, wmma::row_major, wmma::col_major>;
+  constexpr int kCoefficientStride = kTile + kFloatPad, kSliceStride = kSlice + kFloatPad;
+  const int target0 = kFragment * (warp_index() / 2), entry0 = kFragment * (warp_index() % 2);
+  for (int64_t k0 = 0; k0 < dim; k0 += kSlice) {
+    __syncthreads();  // coefficients written; previous slice consumed
+    load_rows<kSlice>(source, source_begin, num_source, dim, k0, s.slice);
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, kFragment, kFragment, kTf32Depth, float> products;
+    wmma::fill_fragment(products, 0.f);
+#pragma unroll 1  // as in tile_dots: unrolled, it spills
+    for (int c = 0; c < kTile; c += kTf32Depth) {
+      wmma::fragment<wmma::matrix_a, kFragment, kFragment, kTf32Depth, wmma::precision::tf32, CoefficientLayout>
+          coefficients;
+      wmma::fragment<wmma::matrix_b, kFragment, kFragment, kTf32Depth, wmma::precision::tf32, wmma::row_major> slice;
+      const float* first = target == Target::Rows ? &s.coefficients[target0][c] : &s.coefficients[c][target0];
+      wmma::load_matrix_sync(coefficients, first, kCoefficientStride);
+      wmma::load_matrix_sync(slice, &s.slice[c][entry0], kSliceStride);
+      round_to_tf32(coefficients);
+      round_to_tf32(slice);
+      wmma::mma_sync(products, coefficients, slice, products);
+    }
+    __syncthreads();  // the slice is consumed: it now takes the products
+    wmma::store_matrix_sync(&s.slice[target0][entry0], products, kSliceStride, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTile * kSlice; e += kThreads) {
+      const int r = e / kSlice, k = e % kSlice;
+      const int64_t row = target_begin + r, d = k0 + k;
+      if (row < num_target && d < dim) add_to_gradient<target>(grad + row * dim + d, s.slice[r][k]);
+    }
+  }
+}
+
 // ---- Backward -----------------------------------------------------------------------------------------------
 
 // dA += dLoss/d(A·Bᵀ) · B and, where grad_b is given, dB += dLoss/d(A·Bᵀ)ᵀ · A, from one pass over the tiles,
@@ -479,8 +622,8 @@ template <typename In, typename Coefficient>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     gradient_kernel(const In* a, int64_t num_a, const In* b, int64_t num_b, int64_t dim, Coefficient coefficient,
                     float* grad_a, float* grad_b, double* scale_gradient) {
-  __shared__ CudaCoreDots dots;
-  __shared__ CudaCoreProducts products;
+  __shared__ DotMemory<In> dots;
+  __shared__ ProductMemory<In> products;
   const int64_t row_begin = int64_t(blockIdx.x) * kTile;
   const int tx = lane_column(), ty = lane_row();
   double scale_partial[kPer] = {};
