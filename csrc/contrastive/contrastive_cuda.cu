@@ -24,6 +24,11 @@
 //
 // Products and gradients accumulate in float32, statistics in float64. The atomics make results on the GPU
 // vary in the last bits from run to run; the CPU kernels are the deterministic ones.
+//
+// Architectures: bfloat16 and TF32 tensor cores need sm_80. The extension may still be built for older GPUs too
+// (for the rasteriser), so in a compilation pass for an architecture below sm_80 the tensor-core helpers are
+// left out and the three tile kernels (multiview_forward_kernel, infonce_forward_kernel, gradient_kernel) only
+// trap; forward_cuda and backward_cuda refuse to launch where a GPU would run that code (require_sm80_code).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -36,14 +41,19 @@
 #include "contrastive/contrastive.h"
 #include "contrastive/contrastive_common.h"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "the contrastive CUDA kernels need sm_80 or newer (bfloat16 and TF32 tensor cores)"
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define AFFECTVLM_SM80_CODE 1  // the host pass, or a device pass for sm_80 or newer
+#else
+#define AFFECTVLM_SM80_CODE 0
+#pragma nv_diag_suppress declared_but_not_referenced  // what only the tile kernels use
 #endif
 
 namespace affectvlm::contrastive {
 namespace {
 
+#if AFFECTVLM_SM80_CODE
 namespace wmma = nvcuda::wmma;
+#endif
 
 constexpr int kTile = 64;
 constexpr int kLanes = 16;            // threads sharing a row
@@ -181,6 +191,7 @@ __device__ void tile_dots(const float* a, int64_t row_begin, int64_t num_a, cons
   }
 }
 
+#if AFFECTVLM_SM80_CODE
 // The same for float16/bfloat16 on tensor cores: warp w computes the 16×32 block of the tile at rows 16 (w / 2)
 // and columns 32 (w % 2), two fragments sharing their A fragment, then every thread reads its 4×4 back.
 template <typename In>
@@ -222,6 +233,7 @@ __device__ void tile_dots(const In* a, int64_t row_begin, int64_t num_a, const I
     for (int j = 0; j < kPer; ++j) acc[i][j] = s.dots[ty + kLanes * i][tx + kLanes * j];
   }
 }
+#endif  // AFFECTVLM_SM80_CODE
 
 // The hardest positive (largest distance) or negative (smallest); ties go to the lowest index.
 struct Extreme {
@@ -275,6 +287,9 @@ __global__ void count_pairs_kernel(Inputs in, Saved saved) { count_pairs(in, sav
 
 template <typename In>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) multiview_forward_kernel(Inputs in, Saved saved) {
+#if !AFFECTVLM_SM80_CODE
+  __trap();
+#else
   __shared__ DotMemory<In> s;
   const In* z = static_cast<const In*>(in.images);
   const int64_t n = in.num_images, row_begin = int64_t(blockIdx.x) * kTile;
@@ -330,6 +345,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) multiview_forward_kern
     const double hinge = p.value - q.value + margin;
     stats[kTripletHinge * n] = p.index >= 0 && q.index >= 0 && hinge > 0 ? hinge : 0.0;
   }
+#endif
 }
 
 // A running log-sum-exp: maximum and sum of exp(x - maximum).
@@ -438,6 +454,9 @@ __device__ void add_column_statistics(const float (&logits)[kPer][kPer], double 
 // texts_log_sum_exp_kernel finishes it).
 template <typename In>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) infonce_forward_kernel(Inputs in, Saved saved) {
+#if !AFFECTVLM_SM80_CODE
+  __trap();
+#else
   __shared__ DotMemory<In> dots;
   __shared__ ColumnPartials columns;
   const In* z = static_cast<const In*>(in.images);
@@ -482,6 +501,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) infonce_forward_kernel
     saved.image_stats[kImageLogSumExp * n + row] = row_lse[i].value();
     saved.image_stats[kImageMatchLogitSum * n + row] = match_sum;
   }
+#endif
 }
 
 // text_stats[kTextLogSumExp] holds sums of exp(logit - |s|) after infonce_forward_kernel; make them log-sum-exps.
@@ -560,6 +580,7 @@ __device__ void add_products(const float* source, int64_t source_begin, int64_t 
   }
 }
 
+#if AFFECTVLM_SM80_CODE
 template <typename Fragment>
 __device__ void round_to_tf32(Fragment& fragment) {
   for (int e = 0; e < fragment.num_elements; ++e) fragment.x[e] = wmma::__float_to_tf32(fragment.x[e]);
@@ -612,6 +633,7 @@ __device__ void add_products(const In* source, int64_t source_begin, int64_t num
     }
   }
 }
+#endif  // AFFECTVLM_SM80_CODE
 
 // ---- Backward -----------------------------------------------------------------------------------------------
 
@@ -622,6 +644,9 @@ template <typename In, typename Coefficient>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     gradient_kernel(const In* a, int64_t num_a, const In* b, int64_t num_b, int64_t dim, Coefficient coefficient,
                     float* grad_a, float* grad_b, double* scale_gradient) {
+#if !AFFECTVLM_SM80_CODE
+  __trap();
+#else
   __shared__ DotMemory<In> dots;
   __shared__ ProductMemory<In> products;
   const int64_t row_begin = int64_t(blockIdx.x) * kTile;
@@ -653,6 +678,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const int64_t row = row_begin + ty + kLanes * i;
     if (tx == 0 && row < num_a) scale_gradient[row] = total;
   }
+#endif
 }
 
 struct MultiviewCoefficient {
@@ -724,10 +750,35 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-void check_launch(const char* what) {
-  const cudaError_t status = cudaGetLastError();
+void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("contrastive loss: ") + what + " failed: " + cudaGetErrorString(status));
+  }
+}
+
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// The tile kernels trap where compiled for an architecture below sm_80 (AFFECTVLM_SM80_CODE), so refuse to
+// launch on the current device if it would run such code: an older GPU, or a newer one for which this build has
+// only the PTX of an older architecture to compile at load time (CUDAARCHS="75" run on an A100). ptxVersion is
+// the virtual architecture that the code chosen for this device was compiled for. Neither refusal is tested: the
+// first needs a GPU older than sm_80, the second a build for older architectures only, run on a newer GPU.
+void require_sm80_code() {
+  int device = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  const std::string capability = std::to_string(major) + "." + std::to_string(minor);
+  if (major < 8) {
+    throw std::runtime_error("the fused contrastive loss on the GPU needs compute capability 8.0 or newer (this GPU "
+                             "has " + capability + "); run it on the CPU");
+  }
+  cudaFuncAttributes tile_kernel{};
+  check(cudaFuncGetAttributes(&tile_kernel, infonce_forward_kernel<float>), "cudaFuncGetAttributes");
+  if (tile_kernel.ptxVersion < 80) {
+    throw std::runtime_error("this build of affectvlm has no sm_80 or newer code of the fused contrastive loss for "
+                             "this GPU (compute capability " + capability + "); rebuild it with " +
+                             std::to_string(10 * major + minor) + " in CUDAARCHS, or run the loss on the CPU");
   }
 }
 
@@ -788,6 +839,7 @@ void backward(const Inputs& in, const Saved& saved, const Gradients& grad, cudaS
 }  // namespace
 
 void forward_cuda(const Inputs& in, const Saved& saved, intptr_t stream) {
+  require_sm80_code();
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   switch (in.precision) {
     case Precision::Float32: return forward<float>(in, saved, s);
@@ -798,6 +850,7 @@ void forward_cuda(const Inputs& in, const Saved& saved, intptr_t stream) {
 }
 
 void backward_cuda(const Inputs& in, const Saved& saved, const Gradients& grad, intptr_t stream) {
+  require_sm80_code();
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   switch (in.precision) {
     case Precision::Float32: return backward<float>(in, saved, grad, s);
