@@ -304,24 +304,45 @@ def test_module_checks_output_shapes():
 
 # CUDA: the same comparisons on the GPU (skipped where no GPU is usable).
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("n, m, dim", [(1, 0, 3), (65, 63, 33), (300, 7, 512), (1500, 200, 64)])
-def test_cuda_float32_matches_reference(n, m, dim):
-    inputs = make_inputs(n, m, dim, seed=n)
-    weights = torch.randn(3, dtype=torch.float64)
+def assert_cuda_float32_matches_reference(inputs):
+    weights = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(len(inputs[0])))
     expected, expected_grads = terms_and_gradients(contrastive_loss_reference, *inputs, weights)
     f32 = [x.float().cuda() if x.is_floating_point() and x.ndim == 2 else x.cuda() for x in inputs]
     actual, actual_grads = terms_and_gradients(kernel, *f32, weights)
     torch.testing.assert_close(actual.double().cpu(), expected, rtol=1e-5, atol=1e-5)
-    for a, e in zip(actual_grads, expected_grads):
-        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-4, atol=1e-5)
+    for name, a, e in zip(("images", "texts", "scale", "margin"), actual_grads, expected_grads):
+        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-4, atol=1e-5, msg=lambda m: f"d/d{name}: {m}")
+
+
+# Several row blocks adding to the same texts' gradients and column statistics, partial tiles and slices.
+@pytest.mark.cuda
+@pytest.mark.parametrize("n, m, dim", [(1, 0, 3), (65, 63, 33), (200, 130, 70), (300, 7, 512), (1500, 200, 64)])
+def test_cuda_float32_matches_reference(n, m, dim):
+    assert_cuda_float32_matches_reference(make_inputs(n, m, dim, seed=n))
+
+
+@pytest.mark.cuda
+def test_cuda_texts_softmax_at_affect_loss_largest_scale():
+    """At s = 100 (AffectLoss's clamp) the texts' sums of exp(logit - s) lie between exp(-72) and exp(-54)."""
+    images, labels, texts, text_labels, _, margin = make_inputs(300, 90, 64, seed=4)
+    scale = torch.tensor(100.0, dtype=torch.float64)
+    assert_cuda_float32_matches_reference((images, labels, texts, text_labels, scale, margin))
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_scales_beyond_its_bound():
+    images, labels, texts, text_labels, _, margin = make_inputs(10, 4, 3, dtype=torch.float32, device="cuda")
+    with pytest.raises(ValueError, match=r"scale must lie in \[-350, 350\] on the GPU, got -351"):
+        kernel(images, labels, texts, text_labels, scale=-351.0, margin=margin)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_low_precision_error_at_most_twice_the_reference_error(dtype):
+# The last two shapes are off every tile size: 64 rows and columns, 16-wide fragments, 64- and 32-wide chunks of D.
+@pytest.mark.parametrize("n, m, dim", [(512, 64, 128), (300, 77, 33), (130, 200, 250)])
+def test_cuda_low_precision_error_at_most_twice_the_reference_error(dtype, n, m, dim):
     """flash-attention's rule: against fp64, the kernel errs at most twice as much as the framework does."""
-    images, labels, texts, text_labels, scale, margin = make_inputs(512, 64, 128, seed=21)
+    images, labels, texts, text_labels, scale, margin = make_inputs(n, m, dim, seed=21)
     images, texts = images.to(dtype).double(), texts.to(dtype).double()  # both see the same rounded inputs
     weights = torch.ones(3, dtype=torch.float64)
     exact, exact_grads = terms_and_gradients(contrastive_loss_reference, images, labels, texts, text_labels,

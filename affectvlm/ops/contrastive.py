@@ -21,6 +21,9 @@ from affectvlm.ops.checks import require_tensor, value_range
 from affectvlm.ops.reference import NORMALISE_EPS
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the learnable scale
+# The CUDA forward sums exp(logit - |s|) per text in float64; below this bound every such sum stays above float64's
+# smallest normal number (csrc/contrastive/contrastive_cuda.cu, logit_bound).
+MAX_CUDA_LOGIT_SCALE = 350.0
 
 
 class ContrastiveTerms(NamedTuple):
@@ -51,8 +54,8 @@ def contrastive_loss(
 
     Labels are int64 in [0, num_classes) (inferred from the labels when not given). `scale` and `margin`
     may be tensors that require gradients. Float32 and float64 run on the CPU; float32, float16 and
-    bfloat16 on the GPU. `multiview_terms=False` computes the image-text term alone (CLIP-style training)
-    and reports L_mc and L_mt as 0.
+    bfloat16 on the GPU, where |scale| may be at most 350. `multiview_terms=False` computes the image-text
+    term alone (CLIP-style training) and reports L_mc and L_mt as 0.
     """
     images, image_labels, texts, text_labels = _checked(images, image_labels, texts, text_labels)
     if num_classes is None:
@@ -60,6 +63,9 @@ def contrastive_loss(
     _check_label_range(image_labels, "image_labels", num_classes)
     _check_label_range(text_labels, "text_labels", num_classes)
     scale = torch.as_tensor(scale, dtype=torch.float64, device=images.device)
+    if images.is_cuda and scale.abs() > MAX_CUDA_LOGIT_SCALE:
+        raise ValueError(f"scale must lie in [-{MAX_CUDA_LOGIT_SCALE:g}, {MAX_CUDA_LOGIT_SCALE:g}] on the GPU, "
+                         f"got {scale.item():g}")
     margin = torch.as_tensor(margin, dtype=torch.float64, device=images.device)
     z = F.normalize(images, dim=1, eps=NORMALISE_EPS).contiguous()
     t = F.normalize(texts, dim=1, eps=NORMALISE_EPS).contiguous()

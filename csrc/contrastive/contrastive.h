@@ -87,7 +87,10 @@ void forward_cpu(const Inputs& in, const Saved& saved);
 void backward_cpu(const Inputs& in, const Saved& saved, const Gradients& grad);
 
 #ifdef AFFECTVLM_WITH_CUDA
-// float32, float16 and bfloat16 inputs; products and sums in float32, row statistics in float64.
+// float32 inputs on CUDA cores, float16 and bfloat16 on tensor cores; products and gradients accumulate in
+// float32, statistics in float64. |scale| <= 350 (contrastive_cuda.cu, logit_bound). They throw
+// std::runtime_error, launching nothing, on a GPU older than sm_80, whose architecture the build may include for
+// the rasteriser (contrastive_cuda.cu, require_sm80_code).
 void forward_cuda(const Inputs& in, const Saved& saved, intptr_t stream);
 void backward_cuda(const Inputs& in, const Saved& saved, const Gradients& grad, intptr_t stream);
 #endif
