@@ -149,6 +149,15 @@ __device__ void load_rows(const In* x, int64_t begin, int64_t num, int64_t dim, 
   }
 }
 
+// acc[i][j] += a[i] * b[j]: one step of a 4×4 register block, float32 on CUDA cores.
+__device__ __forceinline__ void add_outer_product(const float a[kPer], const float b[kPer], float acc[kPer][kPer]) {
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
 // ---- A·Bᵀ tiles -------------------------------------------------------------------------------------------
 
 // out[k][r] = x[begin + r][k0 + k], zero outside the matrix.
@@ -182,11 +191,7 @@ __device__ void tile_dots(const float* a, int64_t row_begin, int64_t num_a, cons
       for (int i = 0; i < kPer; ++i) av[i] = s.a[k][ty + kLanes * i];
 #pragma unroll
       for (int j = 0; j < kPer; ++j) bv[j] = s.b[k][tx + kLanes * j];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-      }
+      add_outer_product(av, bv, acc);
     }
   }
 }
@@ -562,11 +567,7 @@ __device__ void add_products(const float* source, int64_t source_begin, int64_t 
       }
 #pragma unroll
       for (int j = 0; j < kPer; ++j) bv[j] = s.slice[c][tx + kLanes * j];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[i][j] = fmaf(cv[i], bv[j], acc[i][j]);
-      }
+      add_outer_product(cv, bv, acc);
     }
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
