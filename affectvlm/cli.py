@@ -10,7 +10,7 @@ from importlib import import_module, metadata
 from pathlib import Path
 
 import affectvlm
-from affectvlm._ext import cuda_status
+from affectvlm._ext import _C, cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
@@ -49,6 +49,7 @@ def collect_info() -> dict:
         "open_clip": _package_status("open_clip_torch", "open_clip"),
         "dali": _package_status("nvidia-dali-cuda130", "nvidia.dali"),
         "cuda": cuda_status().as_dict(),
+        "cpu_code": _C.cpu_code() if _C is not None else None,
     }
 
 
@@ -66,6 +67,8 @@ def _print_info(info: dict) -> None:
     built = f"built for CUDA {cuda['runtime_version']}" if cuda["kernels_built"] else "not built"
     usable = f"{cuda['gpu_count']} usable GPU(s)" if cuda["usable"] else f"no usable GPU: {cuda['reason']}"
     print(f"CUDA       kernels {built}; {usable}")
+    cpu = {"x86-64-v3": "x86-64-v3 (AVX2) code", "baseline": "baseline (SSE2) code", None: "no compiled extension"}
+    print(f"CPU        kernels run {cpu[info['cpu_code']]}")
 
 
 def run_info(args: argparse.Namespace) -> int:

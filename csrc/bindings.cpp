@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "contrastive/contrastive_binding.h"
+#include "cpu_code.h"
 #include "cuda_runtime_info.h"
 #include "raster/raster_binding.h"
 #include "tensor.h"
@@ -23,6 +24,10 @@ PYBIND11_MODULE(_C, m) {
                     "driver_version"_a = info.driver_version, "device_count"_a = info.device_count,
                     "reason"_a = info.reason);
   }, "What the CUDA runtime linked into this module sees; never raises.");
+
+  m.def("cpu_code", [] { return affectvlm::cpu_code_name(affectvlm::cpu_code()); },
+        "Which build of the vectorised CPU loops runs: 'x86-64-v3' (AVX2) or 'baseline' (AFFECTVLM_CPU=baseline "
+        "forces it).");
 
   m.def("contrastive_forward", &affectvlm::contrastive::contrastive_forward, "images"_a, "image_labels"_a, "texts"_a, "text_labels"_a,
         "scale_and_margin"_a, "num_classes"_a, "image_stats"_a, "text_stats"_a, "hardest_positive"_a,

@@ -1,6 +1,7 @@
 """The installed `affectvlm` console script, run as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,6 +26,16 @@ def test_info_text_names_the_cuda_state():
     result = run("info")
     assert result.returncode == 0, result.stderr
     assert "CUDA       kernels" in result.stdout
+
+
+def test_info_says_which_cpu_code_runs_and_the_environment_can_force_the_baseline():
+    default = json.loads(run("info", "--json").stdout)["cpu_code"]
+    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
+    has_v3 = all(f" {flag}" in flags for flag in ("avx2", "fma", "bmi2", "movbe"))
+    assert default == ("x86-64-v3" if has_v3 else "baseline")
+    forced = subprocess.run(["affectvlm", "info"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "AFFECTVLM_CPU": "baseline"})
+    assert "CPU        kernels run baseline (SSE2) code" in forced.stdout
 
 
 def test_planned_subcommands_say_they_are_not_available():

@@ -186,6 +186,20 @@ def test_cpu_results_are_bit_identical_across_runs_and_thread_counts():
             assert torch.equal(a, b)
 
 
+def test_baseline_cpu_code_matches_the_reference_too():
+    """The hot loops run in their x86-64-v3 build where the CPU has it; AFFECTVLM_CPU=baseline runs the
+    other build: the reference tests must pass on it as well."""
+    env = {**os.environ, "AFFECTVLM_CPU": "baseline"}
+    check = subprocess.run([sys.executable, "-c", "import affectvlm._C as c; print(c.cpu_code())"],
+                           capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__))
+    assert check.stdout.strip() == "baseline", check.stderr
+    selection = "float64_matches_reference and not random or float32_is_close or image_text_term_alone"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             selection], capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "17 passed," in result.stdout
+
+
 # Bad input: one clear exception naming the argument.
 
 @pytest.mark.parametrize("position, value, error, message", [

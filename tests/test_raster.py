@@ -4,6 +4,10 @@ CUDA tests (marked `cuda`) hold the CUDA kernel to the CPU kernel and the refere
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -476,27 +480,27 @@ def test_small_triangles_across_the_image_border_stay_inside_it():
 def test_baseline_build_renders_like_the_vectorised_one(tmp_path):
     """AFFECTVLM_CPU=baseline runs the SSE2 code of the depth test on any CPU: its images must equal the
     default dispatch's (x86-64-v3 where the CPU has it) bit for bit."""
-    import subprocess
-    import sys
-
     script = (
         "import sys, numpy as np, torch\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from raster_scenes import random_cameras\n"
         "from test_raster import small_triangle_soup\n"
+        "from affectvlm._ext import extension\n"
         "from affectvlm.ops.raster import render_views\n"
+
         "rng = np.random.default_rng(11)\n"
         "vertices, faces = small_triangle_soup(rng, 997)\n"
         "images, fragments = render_views(vertices, faces, random_cameras(rng, 3), 64, return_fragments=True)\n"
-        "torch.save((images, fragments.triangle_ids), sys.argv[1])\n")
+        "torch.save((images, fragments.triangle_ids, extension().cpu_code()), sys.argv[1])\n")
     outputs = []
     for cpu in ("baseline", "default"):
         path = tmp_path / f"{cpu}.pt"
-        env = {**__import__("os").environ, "AFFECTVLM_CPU": cpu}
-        subprocess.run([sys.executable, "-c", script, str(path), str(__import__("pathlib").Path(__file__).parent)],
-                       check=True, env=env)
+        tests = Path(__file__).parent  # run from here: the installed package, not the source checkout
+        subprocess.run([sys.executable, "-c", script, str(path), str(tests)], check=True, cwd=tests,
+                       env={**os.environ, "AFFECTVLM_CPU": cpu})
         outputs.append(torch.load(path))
-    (images, ids), (default_images, default_ids) = outputs
+    (images, ids, code), (default_images, default_ids, _) = outputs
+    assert code == "baseline"
     assert (ids >= 0).sum() > 1000
     assert torch.equal(ids, default_ids) and torch.equal(images, default_images)
 

@@ -13,6 +13,7 @@
 
 #include "contrastive/contrastive.h"
 #include "contrastive/contrastive_common.h"
+#include "cpu_code.h"
 
 namespace affectvlm::contrastive {
 namespace {
@@ -146,28 +147,44 @@ AFFECTVLM_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t
   }
 }
 
-// The hot loops, compiled twice on x86-64: for x86-64-v3 (AVX2 + FMA) and for the baseline; the loader
-// picks by the CPU's features.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AFFECTVLM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define AFFECTVLM_VECTOR_CLONES
+// The hot loops, compiled for x86-64-v3 and for the baseline (cpu_code.h); VectorLoops<T>::chosen() holds the
+// build cpu_code() picks.
+template <typename T>
+void tile_dots_baseline(const T* rows, const T* columns, int64_t dim, T* dots) {
+  tile_dots_body(rows, columns, dim, dots);
+}
+template <typename T>
+void accumulate_baseline(const T* coefficients, const T* b, int64_t columns, int64_t dim, T* gradients) {
+  accumulate_body(coefficients, b, columns, dim, gradients);
+}
+#if AFFECTVLM_HAS_X86_64_V3
+template <typename T>
+AFFECTVLM_X86_64_V3 void tile_dots_x86_64_v3(const T* rows, const T* columns, int64_t dim, T* dots) {
+  tile_dots_body(rows, columns, dim, dots);
+}
+template <typename T>
+AFFECTVLM_X86_64_V3 void accumulate_x86_64_v3(const T* coefficients, const T* b, int64_t columns, int64_t dim,
+                                              T* gradients) {
+  accumulate_body(coefficients, b, columns, dim, gradients);
+}
 #endif
 
-AFFECTVLM_VECTOR_CLONES void tile_dots(const float* rows, const float* columns, int64_t dim, float* dots) {
-  tile_dots_body(rows, columns, dim, dots);
-}
-AFFECTVLM_VECTOR_CLONES void tile_dots(const double* rows, const double* columns, int64_t dim, double* dots) {
-  tile_dots_body(rows, columns, dim, dots);
-}
-AFFECTVLM_VECTOR_CLONES void accumulate(const float* coefficients, const float* b, int64_t columns, int64_t dim,
-                                        float* gradients) {
-  accumulate_body(coefficients, b, columns, dim, gradients);
-}
-AFFECTVLM_VECTOR_CLONES void accumulate(const double* coefficients, const double* b, int64_t columns,
-                                        int64_t dim, double* gradients) {
-  accumulate_body(coefficients, b, columns, dim, gradients);
-}
+template <typename T>
+struct VectorLoops {
+  void (*tile_dots)(const T* rows, const T* columns, int64_t dim, T* dots);
+  void (*accumulate)(const T* coefficients, const T* b, int64_t columns, int64_t dim, T* gradients);
+
+  static const VectorLoops& chosen() {
+#if AFFECTVLM_HAS_X86_64_V3
+    static const VectorLoops loops = cpu_code() == CpuCode::X86_64_V3
+                                         ? VectorLoops{tile_dots_x86_64_v3<T>, accumulate_x86_64_v3<T>}
+                                         : VectorLoops{tile_dots_baseline<T>, accumulate_baseline<T>};
+#else
+    static const VectorLoops loops{tile_dots_baseline<T>, accumulate_baseline<T>};
+#endif
+    return loops;
+  }
+};
 
 // Visits every tile of A·Bᵀ: blocks of A's rows in parallel, each block's column tiles in order.
 // visitor.begin(block_begin, rows, buffers), visitor.tile(tile, buffers), visitor.end(block_begin, rows, buffers).
@@ -186,7 +203,8 @@ void for_each_tile(const T* a, int64_t num_a, const T* b, int64_t num_b, int64_t
       for (int64_t column_begin = 0; column_begin < num_b; column_begin += kTile) {
         const int64_t columns = std::min(kTile, num_b - column_begin);
         pack_columns_transposed(b, column_begin, columns, dim, buffers.columns.data());
-        tile_dots(buffers.rows.data(), buffers.columns.data(), dim, buffers.dots.data());
+        VectorLoops<T>::chosen().tile_dots(buffers.rows.data(), buffers.columns.data(), dim,
+                                           buffers.dots.data());
         visitor.tile(Tile<T>{row_begin, rows, column_begin, columns, buffers.dots.data()}, buffers);
       }
       visitor.end(row_begin, rows, buffers);
@@ -338,7 +356,8 @@ struct GradientAccumulator {
                           : T(0);
       }
     }
-    accumulate(out, b + tile.column_begin * dim, tile.columns, dim, buffers.gradients.data());
+    VectorLoops<T>::chosen().accumulate(out, b + tile.column_begin * dim, tile.columns, dim,
+                                        buffers.gradients.data());
   }
 
   void end(int64_t row_begin, int64_t rows, Buffers<T>& buffers) {

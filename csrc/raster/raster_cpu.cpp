@@ -13,11 +13,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include "cpu_code.h"
 #include "raster/raster.h"
 #include "raster/raster_common.h"
 
@@ -262,8 +262,7 @@ AFFECTVLM_INLINE void project_and_test_body(const RasterParams& p, const RasterI
   for (; f < end_face; ++f) depth_test_triangle(p, screen, faces, f, zbuffer);
 }
 
-// The projection and depth test compiled for x86-64-v3 (AVX2) and for the baseline (SSE2), picked by the
-// CPU; AFFECTVLM_CPU=baseline in the environment picks the baseline on any CPU, so the tests can compare them.
+// The projection and depth test, compiled for x86-64-v3 and for the baseline (cpu_code.h).
 using ProjectAndTest = void (*)(const RasterParams&, const RasterInputs&, int64_t, int64_t, int64_t,
                                 ProjectedMesh&, uint64_t*);
 
@@ -272,26 +271,22 @@ void project_and_test_baseline(const RasterParams& p, const RasterInputs& in, in
   project_and_test_body(p, in, image, first_face, end_face, screen, zbuffer);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AFFECTVLM_X86_64_V3 1
-__attribute__((target("arch=x86-64-v3"))) void project_and_test_x86_64_v3(
-    const RasterParams& p, const RasterInputs& in, int64_t image, int64_t first_face, int64_t end_face,
-    ProjectedMesh& screen, uint64_t* zbuffer) {
+#if AFFECTVLM_HAS_X86_64_V3
+AFFECTVLM_X86_64_V3 void project_and_test_x86_64_v3(const RasterParams& p, const RasterInputs& in, int64_t image,
+                                                    int64_t first_face, int64_t end_face, ProjectedMesh& screen,
+                                                    uint64_t* zbuffer) {
   project_and_test_body(p, in, image, first_face, end_face, screen, zbuffer);
 }
 #endif
 
-ProjectAndTest choose_project_and_test() {
-  const char* requested = std::getenv("AFFECTVLM_CPU");
-  if (requested != nullptr && std::strcmp(requested, "baseline") == 0) return project_and_test_baseline;
-#ifdef AFFECTVLM_X86_64_V3
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v3")) return project_and_test_x86_64_v3;
+ProjectAndTest project_and_test_for(CpuCode code) {
+#if AFFECTVLM_HAS_X86_64_V3
+  if (code == CpuCode::X86_64_V3) return project_and_test_x86_64_v3;
 #endif
   return project_and_test_baseline;
 }
 
-const ProjectAndTest project_and_test = choose_project_and_test();
+const ProjectAndTest project_and_test = project_and_test_for(cpu_code());
 
 // Rows [row0, row1) of an image.
 struct Band {
