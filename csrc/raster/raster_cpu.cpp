@@ -17,6 +17,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "cpu_code.h"
 #include "raster/raster.h"
 #include "raster/raster_common.h"
@@ -474,10 +478,32 @@ void mesh_vertex_normals(const float* vertices, const int32_t* faces, const Mesh
   }
 }
 
+// Fresh output memory is faulted in as the kernel first writes it, one 4 KiB page at a time, and for a batch
+// that writes hundreds of megabytes the faults cost as much as the rendering. Asking for transparent huge pages
+// over the 2 MiB-aligned interior of each output (taken where the system grants them on request) makes the
+// faults 512 times fewer. Advice only: where it is refused nothing changes.
+void advise_huge_pages(const void* data, int64_t bytes) {
+#ifdef __linux__
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (start + static_cast<uintptr_t>(bytes)) & ~(kHugePage - 1);
+  if (data != nullptr && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+void advise_huge_pages_for_outputs(const RasterParams& p, const RasterOutputs& out) {
+  const int64_t pixels = p.num_meshes * p.num_views * p.height * p.width;
+  advise_huge_pages(out.images, pixels * p.num_channels * int64_t(sizeof(float)));
+  advise_huge_pages(out.triangle_ids, pixels * int64_t(sizeof(int32_t)));
+  advise_huge_pages(out.barycentrics, pixels * 3 * int64_t(sizeof(float)));
+}
+
 }  // namespace
 
 void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
                       int num_threads) {
+  advise_huge_pages_for_outputs(params, outputs);
   const int64_t images = params.num_meshes * params.num_views;
   const int64_t wanted_items = kItemsPerThread * num_threads;
   if (num_threads > 1 && images < wanted_items) {
