@@ -499,15 +499,27 @@ void advise_huge_pages_for_outputs(const RasterParams& p, const RasterOutputs& o
   advise_huge_pages(out.barycentrics, pixels * 3 * int64_t(sizeof(float)));
 }
 
+// How many parts each image is split into: enough for kItemsPerThread items a thread, but at most kMaxParts,
+// and only while every part's z-buffer, all kept until the image is resolved, fits kSplitBytes.
+constexpr int64_t kMaxParts = 4;
+constexpr int64_t kSplitBytes = int64_t(256) << 20;
+
+int64_t parts_per_image(const RasterParams& p, int64_t images, int num_threads) {
+  const int64_t wanted_items = kItemsPerThread * num_threads;
+  if (num_threads <= 1 || images >= wanted_items) return 1;
+  const int64_t parts = std::min({(wanted_items + images - 1) / images, kMaxParts, int64_t(p.height)});
+  const int64_t zbuffer_bytes = int64_t(p.height) * p.width * int64_t(sizeof(uint64_t));
+  return images * parts * zbuffer_bytes <= kSplitBytes ? parts : 1;
+}
+
 }  // namespace
 
 void render_views_cpu(const RasterParams& params, const RasterInputs& inputs, const RasterOutputs& outputs,
                       int num_threads) {
   advise_huge_pages_for_outputs(params, outputs);
   const int64_t images = params.num_meshes * params.num_views;
-  const int64_t wanted_items = kItemsPerThread * num_threads;
-  if (num_threads > 1 && images < wanted_items) {
-    const int64_t parts = std::min<int64_t>((wanted_items + images - 1) / images, params.height);
+  const int64_t parts = parts_per_image(params, images, num_threads);
+  if (parts > 1) {
     render_split_images(params, inputs, outputs, images, parts, num_threads);
     return;
   }
