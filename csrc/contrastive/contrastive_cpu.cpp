@@ -70,23 +70,24 @@ void pack_columns_transposed(const T* b, int64_t begin, int64_t count, int64_t d
 // Bodies are force-inlined so that each compiled clone below gets its own vectorised copy.
 #define AFFECTVLM_INLINE inline __attribute__((always_inline))
 
-// Register blocking with GCC/Clang vector types: a 6-row × 2-vector block of accumulators stays in
-// registers while the loop walks the shared dimension; each clone below lowers it to its instruction set.
-template <typename T>
+// Register blocking with GCC/Clang vector types of kBytes: a 6-row × 2-vector block of accumulators stays
+// in registers while the loop walks the shared dimension: 32-byte vectors for the 16 AVX2 registers, 16-byte
+// ones for the 16 SSE2 registers (32-byte vectors there would need 24 and spill).
+template <typename T, int kBytes>
 struct Simd {
-  typedef T Vector __attribute__((vector_size(32)));
-  static constexpr int kLanes = 32 / sizeof(T);
+  typedef T Vector __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = kBytes / sizeof(T);
   static constexpr int kWidth = 2 * kLanes;  // columns per register block
 
-  // By reference: passing 32-byte vectors by value would depend on the clone's ABI.
+  // By reference: passing vectors by value would depend on the build's ABI.
   static AFFECTVLM_INLINE void load(Vector& v, const T* p) { std::memcpy(&v, p, sizeof(v)); }
   static AFFECTVLM_INLINE void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
 // dots = rows · columnsᵀ for a full (zero-padded) 120 × 64 tile; `columns` is transposed (dim × 64).
-template <typename T>
+template <typename T, int kBytes>
 AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
-  using S = Simd<T>;
+  using S = Simd<T, kBytes>;
   using V = typename S::Vector;
   for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {
     for (int c0 = 0; c0 < kTile; c0 += S::kWidth) {
@@ -110,10 +111,10 @@ AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t di
 }
 
 // gradients[r] += sum_c coefficients[r][c] * b[c] over the tile's real columns (b holds rows of B).
-template <typename T>
+template <typename T, int kBytes>
 AFFECTVLM_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t columns, int64_t dim,
                                       T* gradients) {
-  using S = Simd<T>;
+  using S = Simd<T, kBytes>;
   using V = typename S::Vector;
   for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {
     int64_t k0 = 0;
@@ -151,21 +152,21 @@ AFFECTVLM_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t
 // build cpu_code() picks.
 template <typename T>
 void tile_dots_baseline(const T* rows, const T* columns, int64_t dim, T* dots) {
-  tile_dots_body(rows, columns, dim, dots);
+  tile_dots_body<T, 16>(rows, columns, dim, dots);
 }
 template <typename T>
 void accumulate_baseline(const T* coefficients, const T* b, int64_t columns, int64_t dim, T* gradients) {
-  accumulate_body(coefficients, b, columns, dim, gradients);
+  accumulate_body<T, 16>(coefficients, b, columns, dim, gradients);
 }
 #if AFFECTVLM_HAS_X86_64_V3
 template <typename T>
 AFFECTVLM_X86_64_V3 void tile_dots_x86_64_v3(const T* rows, const T* columns, int64_t dim, T* dots) {
-  tile_dots_body(rows, columns, dim, dots);
+  tile_dots_body<T, 32>(rows, columns, dim, dots);
 }
 template <typename T>
 AFFECTVLM_X86_64_V3 void accumulate_x86_64_v3(const T* coefficients, const T* b, int64_t columns, int64_t dim,
                                               T* gradients) {
-  accumulate_body(coefficients, b, columns, dim, gradients);
+  accumulate_body<T, 32>(coefficients, b, columns, dim, gradients);
 }
 #endif
 
