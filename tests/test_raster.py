@@ -478,8 +478,9 @@ def test_small_triangles_across_the_image_border_stay_inside_it():
 
 
 def test_baseline_build_renders_like_the_vectorised_one(tmp_path):
-    """AFFECTVLM_CPU=baseline runs the SSE2 code of the depth test on any CPU: its images must equal the
-    default dispatch's (x86-64-v3 where the CPU has it) bit for bit."""
+    """AFFECTVLM_CPU=baseline runs the baseline build on any CPU, which projects and depth-tests one vertex and
+    one triangle at a time: its images must equal the default build's (eight at a time in AVX2 lanes where the
+    CPU has them) bit for bit."""
     script = (
         "import sys, numpy as np, torch\n"
         "sys.path.insert(0, sys.argv[2])\n"
