@@ -232,41 +232,57 @@ AFFECTVLM_HD void write_background(const RasterParams& p, const RasterOutputs& o
   }
 }
 
-// Shades pixel `pixel` of image `image`, won by `triangle` of the image's mesh, whose corners are the packed
-// vertices `corner_vertex` seen as `corner_screen`.
-AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out,
-                                 int64_t image, int64_t pixel, uint32_t triangle, const int64_t corner_vertex[3],
-                                 const ScreenVertex corner_screen[3], const float* world_to_view) {
-  float bary[3];
+// The world-space normal at a pixel, interpolated from the vertex normals of its triangle's corners.
+AFFECTVLM_HD void interpolate_normal(const RasterInputs& in, const int64_t corner_vertex[3], const float bary[3],
+                                     float world[3]) {
+  for (int a = 0; a < 3; ++a) {
+    world[a] = interpolate(bary, in.normals[corner_vertex[0] * 3 + a], in.normals[corner_vertex[1] * 3 + a],
+                           in.normals[corner_vertex[2] * 3 + a]);
+  }
+}
+
+// The unit camera-space normal of an interpolated world normal (zero for a zero normal) and its Lambertian
+// shading. Branch-free, so that the CPU kernel can run it over many pixels at once in vector lanes.
+AFFECTVLM_HD void shade_normal(const RasterParams& p, const float* world_to_view, const float world[3],
+                               float normal[3], float* shading) {
+  for (int a = 0; a < 3; ++a) {
+    normal[a] = (world_to_view[a * 4] * world[0] + world_to_view[a * 4 + 1] * world[1]) +
+                world_to_view[a * 4 + 2] * world[2];
+  }
+  const float length = sqrtf((normal[0] * normal[0] + normal[1] * normal[1]) + normal[2] * normal[2]);
+  const float inverse = 1.0f / (length > 0.0f ? length : 1.0f);
+  const float scale = length > 0.0f ? inverse : 0.0f;
+  for (int a = 0; a < 3; ++a) normal[a] *= scale;
+  const float lambert = (normal[0] * p.light[0] + normal[1] * p.light[1]) + normal[2] * p.light[2];
+  *shading = p.ambient + (1.0f - p.ambient) * (lambert > 0.0f ? lambert : 0.0f);
+}
+
+// Writes the normal and shading channels that are rendered; `channel` points at the pixel in the image's
+// first plane.
+AFFECTVLM_HD void write_normal_and_shading(const RasterParams& p, float* channel, int64_t plane,
+                                           const float normal[3], float shading) {
+  if (p.normal_channel >= 0) {
+    for (int a = 0; a < 3; ++a) channel[(p.normal_channel + a) * plane] = normal[a];
+  }
+  if (p.shading_channel >= 0) channel[p.shading_channel * plane] = shading;
+}
+
+AFFECTVLM_HD bool shades_normals(const RasterParams& p) { return p.normal_channel >= 0 || p.shading_channel >= 0; }
+
+// Writes every channel of a pixel won by `triangle` of the image's mesh, whose corners are the packed vertices
+// `corner_vertex` seen as `corner_screen`, except the normal and shading channels; returns the perspective-
+// correct barycentrics, from which those follow (write_fragment).
+AFFECTVLM_HD void write_fragment_except_normals(const RasterParams& p, const RasterInputs& in,
+                                                const RasterOutputs& out, int64_t image, int64_t pixel,
+                                                uint32_t triangle, const int64_t corner_vertex[3],
+                                                const ScreenVertex corner_screen[3], float bary[3]) {
   perspective_barycentrics(corner_screen, pixel_centre(static_cast<int>(pixel % p.width)),
                            pixel_centre(static_cast<int>(pixel / p.width)), bary);
-
   const int64_t plane = int64_t(p.height) * p.width;
   float* channel = out.images + image * p.num_channels * plane + pixel;
   if (p.depth_channel >= 0) {
     channel[p.depth_channel * plane] =
         interpolate(bary, corner_screen[0].depth, corner_screen[1].depth, corner_screen[2].depth);
-  }
-  if (p.normal_channel >= 0 || p.shading_channel >= 0) {
-    float world[3], normal[3];
-    for (int a = 0; a < 3; ++a) {
-      world[a] = interpolate(bary, in.normals[corner_vertex[0] * 3 + a], in.normals[corner_vertex[1] * 3 + a],
-                             in.normals[corner_vertex[2] * 3 + a]);
-    }
-    for (int a = 0; a < 3; ++a) {
-      normal[a] = (world_to_view[a * 4] * world[0] + world_to_view[a * 4 + 1] * world[1]) +
-                  world_to_view[a * 4 + 2] * world[2];
-    }
-    const float length = sqrtf((normal[0] * normal[0] + normal[1] * normal[1]) + normal[2] * normal[2]);
-    const float scale = length > 0.0f ? 1.0f / length : 0.0f;
-    for (int a = 0; a < 3; ++a) normal[a] *= scale;
-    if (p.normal_channel >= 0) {
-      for (int a = 0; a < 3; ++a) channel[(p.normal_channel + a) * plane] = normal[a];
-    }
-    if (p.shading_channel >= 0) {
-      const float lambert = (normal[0] * p.light[0] + normal[1] * p.light[1]) + normal[2] * p.light[2];
-      channel[p.shading_channel * plane] = p.ambient + (1.0f - p.ambient) * (lambert > 0.0f ? lambert : 0.0f);
-    }
   }
   if (p.mask_channel >= 0) channel[p.mask_channel * plane] = 1.0f;
   for (int a = 0; a < p.num_attributes; ++a) {
@@ -279,6 +295,21 @@ AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, 
   if (out.barycentrics) {
     for (int i = 0; i < 3; ++i) out.barycentrics[(image * 3 + i) * plane + pixel] = bary[i];
   }
+}
+
+// Shades pixel `pixel` of image `image`, won by `triangle` of the image's mesh, whose corners are the packed
+// vertices `corner_vertex` seen as `corner_screen`.
+AFFECTVLM_HD void write_fragment(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out,
+                                 int64_t image, int64_t pixel, uint32_t triangle, const int64_t corner_vertex[3],
+                                 const ScreenVertex corner_screen[3], const float* world_to_view) {
+  float bary[3];
+  write_fragment_except_normals(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, bary);
+  if (!shades_normals(p)) return;
+  float world[3], normal[3], shading;
+  interpolate_normal(in, corner_vertex, bary, world);
+  shade_normal(p, world_to_view, world, normal, &shading);
+  const int64_t plane = int64_t(p.height) * p.width;
+  write_normal_and_shading(p, out.images + image * p.num_channels * plane + pixel, plane, normal, shading);
 }
 
 }  // namespace raster

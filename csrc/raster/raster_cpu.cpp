@@ -331,9 +331,47 @@ void clear_band(const RasterParams& p, const RasterOutputs& out, int64_t image, 
   }
 }
 
+// Pixels whose normal and shading channels wait for one pass over all of them (shade_pending), which the
+// compiler vectorises: one pixel at a time, the square root and division of each normal stall in a chain.
+struct PendingNormals {
+  std::vector<int64_t> pixel;
+  std::vector<float> x, y, z;  // the interpolated world normal, then the camera-space unit normal
+  std::vector<float> shading;
+
+  void reserve(int64_t count) {
+    const size_t size = static_cast<size_t>(count);
+    if (pixel.size() >= size) return;
+    pixel.resize(size);
+    for (auto* field : {&x, &y, &z, &shading}) field->resize(size);
+  }
+};
+
+void shade_pending(const RasterParams& p, const RasterOutputs& out, int64_t image, const float* world_to_view,
+                   PendingNormals& pending, int64_t count) {
+  const RasterParams params = p;  // local copies, which the loop's stores cannot alias
+  float view[12];
+  std::copy_n(world_to_view, 12, view);
+  float *x = pending.x.data(), *y = pending.y.data(), *z = pending.z.data(), *shading = pending.shading.data();
+  for (int64_t i = 0; i < count; ++i) {
+    const float world[3] = {x[i], y[i], z[i]};
+    float normal[3];
+    shade_normal(params, view, world, normal, &shading[i]);
+    x[i] = normal[0];
+    y[i] = normal[1];
+    z[i] = normal[2];
+  }
+  const int64_t plane = int64_t(p.height) * p.width;
+  float* first_plane = out.images + image * p.num_channels * plane;
+  for (int64_t i = 0; i < count; ++i) {
+    const float normal[3] = {x[i], y[i], z[i]};
+    write_normal_and_shading(params, first_plane + pending.pixel[i], plane, normal, shading[i]);
+  }
+}
+
 // Shades every pixel of the band that a triangle won; returns the range of their distances.
 DistanceRange resolve_band(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
-                           Band band, const ProjectedMesh& screen, const uint64_t* zbuffer) {
+                           Band band, const ProjectedMesh& screen, const uint64_t* zbuffer,
+                           PendingNormals& pending) {
   clear_band(p, out, image, band);
   const int64_t mesh_index = image / p.num_views;
   const MeshRange mesh = reinterpret_cast<const MeshRange*>(in.meshes)[mesh_index];
@@ -342,8 +380,12 @@ DistanceRange resolve_band(const RasterParams& p, const RasterInputs& in, const 
   const int64_t plane = int64_t(p.height) * p.width;
   const float* depth = p.depth_channel < 0 ? nullptr
                                            : out.images + (image * p.num_channels + p.depth_channel) * plane;
+  const int64_t band_begin = int64_t(band.row0) * p.width, band_end = int64_t(band.row1) * p.width;
+  const bool shades = shades_normals(p);
+  if (shades) pending.reserve(band_end - band_begin);
+  int64_t pending_count = 0;
   DistanceRange range;
-  for (int64_t pixel = int64_t(band.row0) * p.width; pixel < int64_t(band.row1) * p.width; ++pixel) {
+  for (int64_t pixel = band_begin; pixel < band_end; ++pixel) {
     const uint64_t key = zbuffer[pixel];
     if (key == kEmptyKey) continue;
     const uint32_t triangle = key_triangle(key);
@@ -354,9 +396,20 @@ DistanceRange resolve_band(const RasterParams& p, const RasterInputs& in, const 
       corner_vertex[i] = mesh.vertex_start + local;
       corner_screen[i] = screen.vertex(local);
     }
-    write_fragment(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, view);
-    if (p.depth_channel >= 0) range.add(depth[pixel]);
+    float bary[3];
+    write_fragment_except_normals(p, in, out, image, pixel, triangle, corner_vertex, corner_screen, bary);
+    if (shades) {
+      float world[3];
+      interpolate_normal(in, corner_vertex, bary, world);
+      pending.pixel[pending_count] = pixel;
+      pending.x[pending_count] = world[0];
+      pending.y[pending_count] = world[1];
+      pending.z[pending_count] = world[2];
+      ++pending_count;
+    }
+    if (depth != nullptr) range.add(depth[pixel]);
   }
+  if (shades) shade_pending(p, out, image, view, pending, pending_count);
   return range;
 }
 
@@ -376,6 +429,7 @@ void normalise_band_depth(const RasterParams& p, const RasterOutputs& out, int64
 struct ImageScratch {
   ProjectedMesh screen;
   std::vector<uint64_t> zbuffer;
+  PendingNormals pending;
 };
 
 void render_whole_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
@@ -384,7 +438,8 @@ void render_whole_image(const RasterParams& p, const RasterInputs& in, const Ras
   scratch.zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
   project_and_test(p, in, image, 0, face_count, scratch.screen, scratch.zbuffer.data());
   const Band all{0, p.height};
-  const DistanceRange range = resolve_band(p, in, out, image, all, scratch.screen, scratch.zbuffer.data());
+  const DistanceRange range =
+      resolve_band(p, in, out, image, all, scratch.screen, scratch.zbuffer.data(), scratch.pending);
   normalise_band_depth(p, out, image, all, scratch.zbuffer.data(), range);
 }
 
@@ -448,7 +503,8 @@ void render_split_images(const RasterParams& p, const RasterInputs& in, const Ra
             merged[pixel] = std::min(merged[pixel], keys[pixel]);
           }
         }
-        ranges[item] = resolve_band(p, in, out, image, band, scratch[first].screen, merged);
+        ranges[item] =
+            resolve_band(p, in, out, image, band, scratch[first].screen, merged, scratch[item].pending);
         resolved[image].finish();
       } else {
         resolved[image].wait_for(parts);
