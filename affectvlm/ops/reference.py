@@ -121,8 +121,8 @@ def project_vertices_reference(points: torch.Tensor, world_to_clip: torch.Tensor
 
 def setup_triangles_reference(screen: dict, faces: torch.Tensor, cull_backfaces: bool, width: int,
                               height: int) -> dict[str, torch.Tensor]:
-    """Triangles (F,) made positive: per slot the original corner, positions, inside biases, bounding box,
-    and whether each triangle is kept."""
+    """Triangles (F,) made positive: per slot the position and depth of its corner, inside biases, bounding
+    box, and whether each triangle is kept."""
     faces = faces.long()
     x, y = screen["x"][faces], screen["y"][faces]
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
@@ -150,7 +150,7 @@ def setup_triangles_reference(screen: dict, faces: torch.Tensor, cull_backfaces:
     row0 = first_centre_at_or_after(ty.amin(1)).clamp_min(0)
     row1 = last_centre_at_or_before(ty.amax(1)).clamp_max(height - 1)
     kept &= (col0 <= col1) & (row0 <= row1)
-    return {"corner": corner, "x": tx, "y": ty, "area": area.abs(), "bias": torch.stack(bias, dim=1),
+    return {"x": tx, "y": ty, "area": area.abs(), "bias": torch.stack(bias, dim=1),
             "z01": screen["z01"][faces].gather(1, corner), "kept": kept}
 
 
