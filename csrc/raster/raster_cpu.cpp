@@ -432,11 +432,19 @@ struct ImageScratch {
   PendingNormals pending;
 };
 
+// Projects the mesh of `image` into `scratch` and depth-tests share `part` of `parts` of its faces into the
+// scratch's z-buffer.
+void test_share_of_faces(const RasterParams& p, const RasterInputs& in, int64_t image, int64_t part, int64_t parts,
+                         ImageScratch& scratch) {
+  const int64_t faces = reinterpret_cast<const MeshRange*>(in.meshes)[image / p.num_views].face_count;
+  scratch.zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
+  project_and_test(p, in, image, faces * part / parts, faces * (part + 1) / parts, scratch.screen,
+                   scratch.zbuffer.data());
+}
+
 void render_whole_image(const RasterParams& p, const RasterInputs& in, const RasterOutputs& out, int64_t image,
                         ImageScratch& scratch) {
-  const int64_t face_count = reinterpret_cast<const MeshRange*>(in.meshes)[image / p.num_views].face_count;
-  scratch.zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
-  project_and_test(p, in, image, 0, face_count, scratch.screen, scratch.zbuffer.data());
+  test_share_of_faces(p, in, image, 0, 1, scratch);
   const Band all{0, p.height};
   const DistanceRange range =
       resolve_band(p, in, out, image, all, scratch.screen, scratch.zbuffer.data(), scratch.pending);
@@ -488,10 +496,7 @@ void render_split_images(const RasterParams& p, const RasterInputs& in, const Ra
       const int64_t stage = claimed / per_stage, item = claimed % per_stage;
       const int64_t image = item / parts, part = item % parts, first = image * parts;
       if (stage == 0) {
-        const int64_t faces = reinterpret_cast<const MeshRange*>(in.meshes)[image / p.num_views].face_count;
-        scratch[item].zbuffer.resize(static_cast<size_t>(int64_t(p.height) * p.width));
-        project_and_test(p, in, image, faces * part / parts, faces * (part + 1) / parts, scratch[item].screen,
-                         scratch[item].zbuffer.data());
+        test_share_of_faces(p, in, image, part, parts, scratch[item]);
         tested[image].finish();
       } else if (stage == 1) {
         tested[image].wait_for(parts);
