@@ -1,6 +1,9 @@
-"""The compiled core, `affectvlm._C`, and whether its CUDA kernels can run here.
+"""The compiled core and whether its CUDA kernels can run here.
 
-`cuda_status()` never raises: a machine without a GPU, a driver or even a built extension is an answer.
+The kernels are the top-level module `affectvlm_kernels`, installed beside the `affectvlm` package rather than
+inside it, so that Python commands run from the source checkout (which import the checkout's `affectvlm`
+folder) still find them. Elsewhere the module is called `_C`. `cuda_status()` never raises: a machine without
+a GPU, a driver or even a built extension is an answer.
 """
 
 from __future__ import annotations
@@ -8,21 +11,12 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass
 
-from pathlib import Path
-
 try:
-    from affectvlm import _C
+    import affectvlm_kernels as _C
 except ImportError as error:
     _C = None
-    _PACKAGE_DIR = Path(__file__).parent
-    if (_PACKAGE_DIR.parent / "CMakeLists.txt").exists():
-        # Python found the source checkout (the current directory) before the installed package.
-        IMPORT_ERROR: str | None = (
-            f"affectvlm was imported from its source tree {_PACKAGE_DIR}, which holds no compiled extension; "
-            "run from another directory, or install with `pip install --no-build-isolation -e .`"
-        )
-    else:
-        IMPORT_ERROR = f"the compiled extension affectvlm._C could not be imported ({error})"
+    IMPORT_ERROR: str | None = (f"the compiled extension affectvlm_kernels could not be imported ({error}); "
+                                "install the package with `pip install .`")
 else:
     IMPORT_ERROR = None
 

@@ -10,7 +10,7 @@
 namespace py = pybind11;
 using namespace py::literals;
 
-PYBIND11_MODULE(_C, m) {
+PYBIND11_MODULE(affectvlm_kernels, m) {
   m.doc() = "AffectVLM compiled core: mesh rasteriser and contrastive loss kernels (C++ and CUDA)";
 
   m.def("describe", &affectvlm::describe, "array"_a, "name"_a = "array", py::kw_only(), "dtype"_a = py::none(),

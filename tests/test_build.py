@@ -65,7 +65,7 @@ print("cpu-only module ok")
 
 def import_built_module(build_dir, checks):
     """Runs `checks` in a fresh interpreter, with the module built in build_dir imported as C."""
-    (module,) = build_dir.glob("_C*.so")
+    (module,) = build_dir.glob("affectvlm_kernels*.so")
     script = f"""
 import importlib.util
 spec = importlib.util.spec_from_file_location("_C", {str(module)!r})

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from affectvlm._ext import cuda_status
 
@@ -55,3 +56,15 @@ def test_python_dash_m_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "-m", "affectvlm", "--version"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("affectvlm ")
+
+
+def test_commands_run_from_the_checkout_use_the_compiled_kernels():
+    """`python -m affectvlm` in the checkout's root imports the checkout's package and the installed kernels."""
+    root = Path(__file__).resolve().parent.parent
+    script = "import affectvlm, affectvlm._ext as e; e.extension(); print(affectvlm.__file__)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == root / "affectvlm"
+    info = subprocess.run([sys.executable, "-m", "affectvlm", "info", "--json"], capture_output=True, text=True,
+                          cwd=root)
+    assert json.loads(info.stdout)["cpu_code"] in ("x86-64-v3", "baseline"), info.stderr

@@ -177,7 +177,6 @@ def test_cpu_results_are_bit_identical_across_runs_and_thread_counts():
     for threads in ("1", "2", "2"):
         path = f"{os.environ.get('TMPDIR', '/tmp')}/contrastive_determinism_{os.getpid()}_{len(results)}.pt"
         env = {**os.environ, "OMP_NUM_THREADS": threads}
-        # Run from tests/ so that affectvlm is the installed package, not the source checkout.
         subprocess.run([sys.executable, "-c", script, path], check=True, env=env, cwd=os.path.dirname(__file__))
         results.append(torch.load(path))
         os.remove(path)
@@ -190,7 +189,7 @@ def test_baseline_cpu_code_matches_the_reference_too():
     """The hot loops run in their x86-64-v3 build where the CPU has it; AFFECTVLM_CPU=baseline runs the
     other build: the reference tests must pass on it as well."""
     env = {**os.environ, "AFFECTVLM_CPU": "baseline"}
-    check = subprocess.run([sys.executable, "-c", "import affectvlm._C as c; print(c.cpu_code())"],
+    check = subprocess.run([sys.executable, "-c", "import affectvlm_kernels as c; print(c.cpu_code())"],
                            capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__))
     assert check.stdout.strip() == "baseline", check.stderr
     selection = "float64_matches_reference and not random or float32_is_close or image_text_term_alone"

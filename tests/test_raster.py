@@ -496,7 +496,7 @@ def test_baseline_build_renders_like_the_vectorised_one(tmp_path):
     outputs = []
     for cpu in ("baseline", "default"):
         path = tmp_path / f"{cpu}.pt"
-        tests = Path(__file__).parent  # run from here: the installed package, not the source checkout
+        tests = Path(__file__).parent
         subprocess.run([sys.executable, "-c", script, str(path), str(tests)], check=True, cwd=tests,
                        env={**os.environ, "AFFECTVLM_CPU": cpu})
         outputs.append(torch.load(path))
