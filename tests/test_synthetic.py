@@ -132,6 +132,27 @@ def test_expressions_move_the_right_regions(emotion, place, axis, sign):
     assert sign * moved[near, axis].mean() > 1.5  # millimetres
 
 
+def flipped_triangles(vertices, reference):
+    """Triangles whose normal turns more than 90 degrees away from their normal on `reference`: folded skin."""
+    def normals(points):
+        corners = points[MODEL.faces]
+        return np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+
+    return int(((normals(vertices) * normals(reference)).sum(axis=1) <= 0).sum())
+
+
+def test_no_expression_folds_the_skin_at_any_intensity():
+    # The strongest face the generator makes: every weight of the level at the top of its jitter (x 1.5).
+    strongest = 1.5
+    for identity in identities(20, seed=5):
+        rig = MODEL.rig(identity)
+        for emotion, level in itertools.product(BASIC_EMOTIONS, (1, 2, 3, 4)):
+            weights = {name: strongest * weight for name, weight in expression_weights(MODEL, emotion, level).items()}
+            assert flipped_triangles(rig.pose(weights), rig.neutral) == 0, (emotion, level)
+        for unit in rig.shapes:
+            assert flipped_triangles(rig.pose({unit: strongest}), rig.neutral) == 0, unit
+
+
 def test_sex_and_age_change_the_geometry():
     coefficients = np.zeros(len(SHAPE_PARAMETERS))
     faces = {(sex, age): MODEL.rig(Identity(coefficients, sex, age)).neutral

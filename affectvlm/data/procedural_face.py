@@ -60,6 +60,12 @@ def _band(v, centre, width):
     return np.exp(-0.5 * ((v - centre) / width) ** 2)
 
 
+def _sideways(u, width=0.08):
+    """-1 on the right, +1 on the left, passing smoothly through 0 on the midline: fields that push the
+    two halves of the face apart or together must not tear or fold the skin where the halves meet."""
+    return np.tanh(u / width)
+
+
 def _smoothstep(edge0, edge1, x):
     t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
     return t * t * (3 - 2 * t)
@@ -203,7 +209,7 @@ def _outer_brow_raiser(u, v, a):  # AU2
 
 def _brow_lowerer(u, v, a):  # AU4: brows down and together, a bulge between them
     weight = _bump(np.abs(u), v, 0.16, a.brow_v, 0.18, 0.1)
-    return _displacement(dx=-2.5 * np.sign(u) * weight, dy=-5 * weight,
+    return _displacement(dx=-2.5 * _sideways(u) * weight, dy=-5 * weight,
                          dz=2 * _bump(u, v, 0, a.brow_v - 0.03, 0.06, 0.05))
 
 
@@ -238,14 +244,14 @@ def _upper_lip_raiser(u, v, a):  # AU10
 
 
 def _lip_corner_puller(u, v, a):  # AU12: the smile, corners out, up and back
-    corner = _bump(np.abs(u), v, a.mouth_half_width, a.mouth_v, 0.12, 0.09)
-    return _displacement(dx=6 * np.sign(u) * corner, dy=5 * corner,
+    corner = _bump(np.abs(u), v, a.mouth_half_width, a.mouth_v, 0.15, 0.09)
+    return _displacement(dx=6 * _sideways(u) * corner, dy=5 * corner,
                          dz=-3 * corner + 2 * _bump(np.abs(u), v, a.mouth_half_width + 0.12, a.mouth_v + 0.1, 0.1, 0.1))
 
 
 def _lip_corner_depressor(u, v, a):  # AU15
     corner = _bump(np.abs(u), v, a.mouth_half_width, a.mouth_v - 0.02, 0.1, 0.08)
-    return _displacement(dx=1 * np.sign(u) * corner, dy=-6 * corner)
+    return _displacement(dx=1 * _sideways(u) * corner, dy=-6 * corner)
 
 
 def _chin_raiser(u, v, a):  # AU17: chin boss and lower lip pushed up
@@ -255,13 +261,13 @@ def _chin_raiser(u, v, a):  # AU17: chin boss and lower lip pushed up
 
 def _lip_stretcher(u, v, a):  # AU20: corners pulled sideways
     corner = _bump(np.abs(u), v, a.mouth_half_width, a.mouth_v, 0.12, 0.08)
-    return _displacement(dx=6 * np.sign(u) * corner, dy=-1 * corner, dz=-1 * corner)
+    return _displacement(dx=6 * _sideways(u) * corner, dy=-1 * corner, dz=-1 * corner)
 
 
 def _lip_tightener(u, v, a):  # AU23: thin, narrowed lips
     across = np.exp(-0.5 * (u / a.mouth_half_width) ** 4) * _band(v, a.mouth_v, 0.05)
     corner = _bump(np.abs(u), v, a.mouth_half_width, a.mouth_v, 0.08, 0.06)
-    return _displacement(dx=-2 * np.sign(u) * corner, dz=-2.5 * across)
+    return _displacement(dx=-2 * _sideways(u) * corner, dz=-2.5 * across)
 
 
 def _lips_part(u, v, a):  # AU25
@@ -270,10 +276,10 @@ def _lips_part(u, v, a):  # AU25
 
 
 def _jaw_drop(u, v, a):  # AU26: everything below the lips moves down and back; the stretched band between
-    below = _smoothstep(a.mouth_v + 0.01, a.mouth_v - 0.05, v) * (1 - 0.5 * u ** 2)
+    below = _smoothstep(a.mouth_v + 0.02, a.mouth_v - 0.08, v) * (1 - 0.5 * u ** 2)
     mouth = np.exp(-0.5 * (u / a.mouth_half_width) ** 4)
     opening = 4 * below * (1 - below) * mouth  # the lips parting, pushed in like the mouth's inside
-    return _displacement(dy=-14 * below, dz=-4 * below - 10 * opening)
+    return _displacement(dy=-14 * below, dz=-4 * below - 6 * opening)
 
 
 ACTION_UNITS = {
