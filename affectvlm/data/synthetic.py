@@ -19,6 +19,7 @@ from affectvlm.data.emotions import BASIC_EMOTIONS
 from affectvlm.data.face_rig import FaceModel, FaceRig, Identity
 from affectvlm.data.procedural_face import ProceduralFaceModel
 from affectvlm.geometry.io import save_mesh
+from affectvlm.geometry.normalise import head_rotation
 from affectvlm.geometry.mesh import Mesh
 
 LEVELS = (1, 2, 3, 4)
@@ -39,14 +40,6 @@ def expression_weights(model: FaceModel, emotion: str, level: int, rng: np.rando
         weights = {name: weight * float(np.clip(1 + WEIGHT_JITTER * rng.standard_normal(), 0.5, 1.5))
                    for name, weight in weights.items()}
     return weights
-
-
-def head_rotation(yaw_pitch_roll_degrees: np.ndarray) -> np.ndarray:
-    yaw, pitch, roll = np.radians(yaw_pitch_roll_degrees)
-    about_y = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
-    about_x = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
-    about_z = np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0], [0, 0, 1]])
-    return about_y @ about_x @ about_z
 
 
 def random_pose(rng: np.random.Generator) -> np.ndarray:

@@ -51,7 +51,7 @@ def read_bnt(path: str | Path, max_faces: int = DEFAULT_MAX_FACES,
         raise MeshError(path, "NaN or infinite coordinates")
     foreground = grid[..., 2] != zmin
     with np.errstate(over="ignore", invalid="ignore"):  # huge coordinates: checked_mesh rejects them below
-        vertices, faces = _grid_triangles(grid, foreground, max_edge_factor)
+        vertices, faces = grid_triangles(grid, foreground, max_edge_factor)
         uv = columns[3:].T[foreground.ravel()].astype(np.float32)
     if not np.isfinite(uv).all():
         raise MeshError(path, "NaN, infinite or too large texture coordinates")
@@ -65,7 +65,7 @@ def _unpack(path, layout: struct.Struct, data: bytes, offset: int, what: str) ->
     return layout.unpack_from(data, offset)
 
 
-def _grid_triangles(grid: np.ndarray, foreground: np.ndarray, max_edge_factor: float):
+def grid_triangles(grid: np.ndarray, foreground: np.ndarray, max_edge_factor: float):
     """Two triangles per grid cell whose corners are all foreground, minus those with overlong edges;
     returns the foreground points as vertices and the triangles indexing them."""
     nrows, ncols = foreground.shape

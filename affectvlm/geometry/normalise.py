@@ -50,3 +50,13 @@ def rotation_between(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     axis /= sine
     cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + sine * cross + (1 - cosine) * cross @ cross
+
+
+def head_rotation(yaw_pitch_roll_degrees) -> np.ndarray:
+    """The rotation of a head turned by yaw (about +y, towards its left), pitch (about +x) and roll (about +z),
+    in degrees, applied in the order roll, pitch, yaw."""
+    yaw, pitch, roll = np.radians(np.asarray(yaw_pitch_roll_degrees, dtype=np.float64))
+    about_y = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    about_x = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
+    about_z = np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0], [0, 0, 1]])
+    return about_y @ about_x @ about_z

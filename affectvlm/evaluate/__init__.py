@@ -1,0 +1,1 @@
+"""Evaluation: metrics of expression recognition, and perturbations that test robustness to real scans."""
