@@ -9,19 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from affectvlm.data.emotions import EMOTIONS  # noqa: E402
-from affectvlm.data.procedural_face import ProceduralFaceModel  # noqa: E402
-from affectvlm.data.synthetic import expression_weights  # noqa: E402
-from affectvlm.geometry import Mesh, normalise  # noqa: E402
-from affectvlm.geometry.cameras import DEFAULT_VIEWS, orbit_cameras, view_cameras  # noqa: E402
-from affectvlm.ops.raster import render_views  # noqa: E402
+from affectvlm.data.emotions import EMOTIONS
+from affectvlm.data.procedural_face import ProceduralFaceModel
+from affectvlm.data.synthetic import expression_weights
+from affectvlm.geometry import Mesh, normalise
+from affectvlm.geometry.cameras import DEFAULT_VIEWS, orbit_cameras, view_cameras
+from affectvlm.ops.raster import render_views
+from affectvlm.plotting import plt, save_figure
 
 SKIN = np.array([0.93, 0.78, 0.68])
 
@@ -46,7 +43,7 @@ def expression_grid(path: str | Path, seed: int = 3, level: int = 4, dpi: int = 
         axis.axis("off")
         axis.set_title(emotion if emotion == "neutral" else f"{emotion} {level}", fontsize=11)
     figure.subplots_adjust(left=0, right=1, bottom=0, top=0.9, wspace=0.02)
-    return _save(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 def view_grid(path: str | Path, seed: int = 3, emotion: str = "happiness", size: int = 224, dpi: int = 60) -> Path:
@@ -64,20 +61,12 @@ def view_grid(path: str | Path, seed: int = 3, emotion: str = "happiness", size:
             axes[row, column].set_title(f"{view} · {channel}", fontsize=10)
             axes[row, column].axis("off")
     figure.subplots_adjust(left=0, right=1, bottom=0, top=0.95, wspace=0.02, hspace=0.12)
-    return _save(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 def _identity(seed: int):
     model = ProceduralFaceModel()
     return model, model.rig(model.random_identity(np.random.default_rng(seed)))
-
-
-def _save(figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
 
 
 PICTURES = {"expressions": expression_grid, "views": view_grid}

@@ -88,3 +88,21 @@ def test_report_on_random_predictions_is_consistent():
 def test_bad_inputs_are_refused_with_the_reason(probabilities, labels, message):
     with pytest.raises(ValueError, match=message):
         classification_report(probabilities, labels, ["a", "b"])
+
+
+def test_figures_are_written_as_pictures(tmp_path):
+    import matplotlib.image
+
+    from affectvlm.evaluate.figures import confusion_figure, frame_curves_figure, reliability_figure
+
+    rng = np.random.default_rng(2)
+    probabilities = rng.dirichlet(np.ones(3), size=40)
+    labels = rng.integers(0, 3, 40)
+    report = classification_report(probabilities, labels, ["a", "b", "c"])
+    paths = [confusion_figure(report["confusion"], report["classes"], tmp_path / "confusion.png"),
+             reliability_figure(report["calibration"], tmp_path / "reliability.png", report["ece"]),
+             frame_curves_figure(probabilities[:12], report["classes"], tmp_path / "frames.png")]
+    for path in paths:
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200
+        assert image[..., :3].std() > 0.05  # drawn on, not blank
