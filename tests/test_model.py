@@ -167,9 +167,13 @@ def test_classify_gives_probabilities_and_temperature_scales_logits(model, bank)
         torch.testing.assert_close(probabilities, logits.softmax(dim=1))
         model.set_temperature(2.5)
         torch.testing.assert_close(model.logits(embeddings, bank), logits / 2.5)
+        model.set_logit_scale(40.0)
+        torch.testing.assert_close(model.logits(embeddings, bank), cosine * 40.0 / 2.5)
     assert model.state_dict()["temperature"] == 2.5  # calibration travels with the weights
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="temperature must be a positive"):
         model.set_temperature(0.0)
+    with pytest.raises(ValueError, match="logit scale must be a positive"):
+        model.set_logit_scale(float("nan"))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

@@ -103,6 +103,14 @@ class AffectVLM(nn.Module):
         """CLIP's learned logit scale, exp(logit_scale) clamped at 100 as in CLIP."""
         return self.clip.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE).reshape(())
 
+    def set_logit_scale(self, scale: float | torch.Tensor) -> None:
+        """Make classification use this scale (for example the trained loss's): CLIP's logit_scale := log(scale)."""
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"logit scale must be a positive number, got {scale}")
+        with torch.no_grad():
+            self.clip.logit_scale.fill_(math.log(scale))
+
     def set_temperature(self, temperature: float) -> None:
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature}")
@@ -121,7 +129,8 @@ class AffectVLM(nn.Module):
             return self.clip.encode_text(self.tokenizer([""])).shape[-1]
 
     def _weights_version(self) -> tuple:
-        """Changes whenever a parameter or buffer is replaced, moved or modified in place."""
+        """Changes whenever a parameter or buffer is replaced, moved or modified in place (torch counts in-place
+        changes of a tensor in its `_version`, which optimisers and load_state_dict bump)."""
         return tuple((tensor.data_ptr(), tensor._version) for tensor in self.clip.state_dict(keep_vars=True).values())
 
     def _ensembled_class_embeddings(self, bank: PromptBank) -> torch.Tensor:
