@@ -26,6 +26,11 @@ TEXT_BATCH = 256  # prompts per text-tower call when ensembling
 
 
 class AffectVLM(nn.Module):
+    """An open_clip model (`clip`, with its `tokenizer`) that classifies faces into `classes` (emotion names
+    of a PromptBank). Views fuse by `view_fusion`, frames of a sequence by `frame_fusion` ("mean" or
+    "attention"). `clip_config` (from `create_clip`) lets `config_dict()` describe the model for a checkpoint.
+    """
+
     def __init__(self, clip: nn.Module, tokenizer, classes: tuple[str, ...] = EMOTIONS, view_fusion: str = "mean",
                  frame_fusion: str = "mean", *, clip_config: dict | None = None):
         super().__init__()
