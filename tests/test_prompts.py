@@ -16,7 +16,7 @@ def words_of(text):
     return set(text.split())
 
 
-def test_default_bank_covers_every_emotion_and_ships_as_package_data():
+def test_default_bank_covers_every_emotion_and_lives_in_the_package():
     bank = PromptBank.default()
     assert set(bank.emotions) == set(EMOTIONS)
     assert DEFAULT_BANK_FILE.parent.name == "model" and DEFAULT_BANK_FILE.is_file()
