@@ -145,9 +145,9 @@ def run_render(args: argparse.Namespace) -> int:
     from affectvlm.data.datasets import DatasetError, index_dataset
     from affectvlm.geometry import MeshError
 
-    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size,
-                              channels=tuple(args.channels.split(",")), dtype=args.dtype,
-                              projection=args.projection, layout=args.layout)
+    channels = tuple(args.channels.split(",")) if args.channels else None
+    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size, recipe=args.recipe,
+                              channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout)
     try:
         total = len(index_dataset(args.data, args.layout))
         with tqdm(total=total, unit="mesh", desc="render") as progress:
@@ -174,8 +174,12 @@ def _add_render_parser(commands) -> None:
                         help="comma-separated named views, see affectvlm.geometry.cameras.VIEW_PRESETS "
                              "(default frontal,left,right)")
     render.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
-    render.add_argument("--channels", default="depth,normal,shading,mask",
-                        help=f"comma-separated channels from {', '.join(IMAGE_CHANNELS)} (default: all four)")
+    render.add_argument("--recipe", default=None,
+                        help="the model's three input channels per view, an image recipe of affectvlm.data.views "
+                             "(default: its DEFAULT_RECIPE)")
+    render.add_argument("--channels", default=None,
+                        help=f"store these raw channels instead of a recipe: comma-separated from "
+                             f"{', '.join(IMAGE_CHANNELS)}")
     render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
     render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
@@ -186,6 +190,7 @@ def _add_render_parser(commands) -> None:
 
 
 def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.data.views import IMAGE_RECIPES
     from affectvlm.geometry.cameras import PROJECTIONS, VIEW_PRESETS
 
     if args.projection not in PROJECTIONS:
@@ -193,11 +198,16 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for view in args.views.split(","):
         if view not in VIEW_PRESETS:
             parser.error(f"unknown view '{view}' in --views (choose from {', '.join(VIEW_PRESETS)})")
-    for channel in args.channels.split(","):
-        if channel not in IMAGE_CHANNELS:
-            parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
-    if len(set(args.channels.split(","))) != len(args.channels.split(",")):
-        parser.error("--channels lists a channel twice")
+    if args.recipe is not None and args.recipe not in IMAGE_RECIPES:
+        parser.error(f"unknown --recipe '{args.recipe}' (choose from {', '.join(IMAGE_RECIPES)})")
+    if args.channels is not None:
+        if args.recipe is not None:
+            parser.error("--recipe and --channels exclude each other (a cache holds one or the other)")
+        for channel in args.channels.split(","):
+            if channel not in IMAGE_CHANNELS:
+                parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
+        if len(set(args.channels.split(","))) != len(args.channels.split(",")):
+            parser.error("--channels lists a channel twice")
     if args.device == "cuda" and not cuda_status().usable:
         parser.error(f"--device cuda: {cuda_status().reason}")
 
