@@ -143,6 +143,7 @@ def run_render(args: argparse.Namespace) -> int:
 
     from affectvlm.data.cache import CacheError, RenderSettings, render_dataset
     from affectvlm.data.datasets import DatasetError, index_dataset
+    from affectvlm.data.mesh_cache import MeshCacheError, build_mesh_cache
     from affectvlm.geometry import MeshError
 
     channels = tuple(args.channels.split(",")) if args.channels else None
@@ -150,12 +151,18 @@ def run_render(args: argparse.Namespace) -> int:
                               channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout)
     try:
         total = len(index_dataset(args.data, args.layout))
-        with tqdm(total=total, unit="mesh", desc="render") as progress:
-            outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
-                                     on_samples=progress.update)
-    except (CacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
+        with tqdm(total=total, unit="mesh", desc="meshes" if args.meshes else "render") as progress:
+            if args.meshes:
+                cache = build_mesh_cache(args.data, args.out, args.layout, on_samples=progress.update)
+            else:
+                outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
+                                         on_samples=progress.update)
+    except (CacheError, MeshCacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
         print(f"affectvlm render: error: {error}", file=sys.stderr)
         return 1
+    if args.meshes:
+        print(f"cached {len(cache)} meshes of {len(cache.index['topologies'])} topologies in {args.out}")
+        return 0
     reused = f" ({outcome.shards_reused} already complete, kept)" if outcome.shards_reused else ""
     print(f"rendered {len(outcome.index['samples'])} meshes x {len(settings.views)} views into "
           f"{len(outcome.index['shards'])} shard(s) in {args.out}{reused}")
@@ -186,6 +193,8 @@ def _add_render_parser(commands) -> None:
     render.add_argument("--shard-size", type=_positive_int, default=256, help="meshes per shard (default 256)")
     render.add_argument("--batch", type=_positive_int, default=32, help="meshes per kernel call (default 32)")
     render.add_argument("--layout", default="auto", help="dataset layout (default: detected)")
+    render.add_argument("--meshes", action="store_true",
+                        help="write the binary mesh cache that training renders from on the fly, instead of views")
     render.set_defaults(handler=run_render, validate=lambda args: _validate_render(render, args))
 
 
@@ -200,6 +209,8 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"unknown view '{view}' in --views (choose from {', '.join(VIEW_PRESETS)})")
     if args.recipe is not None and args.recipe not in IMAGE_RECIPES:
         parser.error(f"unknown --recipe '{args.recipe}' (choose from {', '.join(IMAGE_RECIPES)})")
+    if args.meshes and (args.recipe is not None or args.channels is not None):
+        parser.error("--meshes caches the meshes themselves: --recipe and --channels do not apply")
     if args.channels is not None:
         if args.recipe is not None:
             parser.error("--recipe and --channels exclude each other (a cache holds one or the other)")

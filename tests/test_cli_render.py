@@ -132,3 +132,17 @@ def test_device_cuda_writes_the_shards_the_cpu_writes(static_faces, tmp_path):
     assert result.returncode == 0, result.stderr
     for cpu_shard in sorted((tmp_path / "cpu").glob("shard-*.npy")):
         np.testing.assert_allclose(np.load(tmp_path / "gpu" / cpu_shard.name), np.load(cpu_shard), atol=1e-5)
+
+
+def test_meshes_writes_the_mesh_cache_that_online_views_read(static_faces, tmp_path):
+    from affectvlm.data.mesh_cache import MeshCache
+
+    result = run("render", str(static_faces), "--out", str(tmp_path / "meshes"), "--meshes")
+    assert result.returncode == 0, result.stderr
+    assert f"cached 25 meshes of 1 topologies in {tmp_path / 'meshes'}\n" in result.stdout
+    cache = MeshCache(tmp_path / "meshes")
+    sample = index_dataset(static_faces)[4]
+    assert cache.samples[4] == sample
+    np.testing.assert_array_equal(cache.load(4)[0], load_sample(sample).vertices)
+    refused = run("render", str(static_faces), "--out", str(tmp_path / "x"), "--meshes", "--recipe", "normal")
+    assert refused.returncode == 2 and "--recipe and --channels do not apply" in refused.stderr
