@@ -8,26 +8,32 @@ import numpy as np
 import pytest
 import torch
 
-from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augmentation
+from affectvlm.data.augment import AugmentSettings, TorchAugmenter, dali_available, make_augmenter, plan_augmentation
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 VIEWS = ("frontal", "left", "right")
-# Both backends bilinearly sample the same float32 coordinates; they differ only in how the coordinates are
-# rounded (DALI maps pixels with its own 2x3 matrix). A coordinate error e moves a value by at most e times the
-# largest neighbour difference (1 on random inputs), then / std (~0.26): 1e-4 leaves room for e ~ 2e-5 pixel.
-PIXEL_TOLERANCE = 1e-4
 
 
-def make_augmenter(backend: str):
-    if backend == "torch":
-        return TorchAugmenter(MEAN, STD)
-    pytest.importorskip("nvidia.dali")
-    from affectvlm.data.augment import DaliAugmenter
-    return DaliAugmenter(MEAN, STD, device="cpu")
+def pixel_tolerance(size: int, backend: str = "torch") -> float:
+    """How far a correct float32 bilinear warp of [0, 1] views may be from another after normalisation. Torch
+    computes each sample position directly, off by a few ulps of its magnitude (up to `size` pixels): allow 16.
+    DALI's CPU warp steps along each output row adding the matrix column to the position (warp_cpu.h), so its
+    rounding accumulates over up to `size` steps of half an ulp each: allow size ulps of `size`. A bilinear value
+    moves by at most the position error times the neighbour difference (<= 1) per axis, and normalisation
+    divides by std (>= 0.26)."""
+    ulps = size if backend == "dali" else 16
+    position_error = ulps * np.finfo(np.float32).eps * size
+    return 2 * position_error / min(STD)
 
 
-BACKENDS = ["torch"]
+def augmenter_for(backend: str, device="cpu"):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    return make_augmenter(MEAN, STD, backend=backend, device=device)
+
+
+BACKENDS = ["torch", "dali"]
 
 
 def batch(rows, seed=0, views=VIEWS, size=16):
@@ -80,7 +86,7 @@ def test_flip_swaps_left_and_right_and_mirrors_every_view(backend):
     columns, pixels = batch(3, views=views)
     plan = plan_augmentation(settings_with(flip=1.0), 0, 0, **columns)
     assert plan.flipped.all()
-    out = unnormalise(make_augmenter(backend)(pixels, plan))
+    out = unnormalise(augmenter_for(backend)(pixels, plan))
     mirrored = pixels.flip(-1).numpy()
     for k, name in enumerate(views):
         read = {"left": 2, "right": 1}.get(name, k)
@@ -128,7 +134,7 @@ def test_a_mixed_view_is_the_donors_view(backend):
     columns["intensity"][:] = -1
     plan = plan_augmentation(settings_with(mix=0.5, flip=0.5), 0, 0, **columns)
     assert plan.mixed.any() and (~plan.mixed).any() and plan.flipped.any()
-    out = unnormalise(make_augmenter(backend)(pixels, plan))
+    out = unnormalise(augmenter_for(backend)(pixels, plan))
     donors = pixels.numpy()[plan.source[..., 0], plan.source[..., 1]]
     expected = np.where(plan.flipped[:, None, None, None, None], donors[..., ::-1], donors)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -171,7 +177,7 @@ def test_draws_are_a_pure_function_of_seed_epoch_sample_and_view():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluation_is_deterministic_and_only_normalises(backend):
     columns, pixels = batch(4, seed=4)
-    augmenter = make_augmenter(backend)
+    augmenter = augmenter_for(backend)
     plan = plan_augmentation(AugmentSettings.off(), 5, 9, **columns)
     assert plan.is_identity() and not plan.flipped.any() and not plan.mixed.any()
     first, second = augmenter(pixels, plan), augmenter(pixels, plan)
@@ -189,19 +195,19 @@ def test_augmenter_matches_the_reference(backend, dtype):
     columns, pixels = batch(5, seed=5, size=20)
     plan = plan_augmentation(AugmentSettings(rotation=25.0, crop_scale=(0.5, 0.9), mix=0.5), 1, 2, **columns)
     pixels = pixels.to(dtype)
-    out = make_augmenter(backend)(pixels, plan)
+    out = augmenter_for(backend)(pixels, plan)
     assert out.dtype == torch.float32 and out.shape == pixels.shape
     expected = reference(pixels.float().numpy().astype(np.float64), plan)
-    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=PIXEL_TOLERANCE)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=pixel_tolerance(20, backend))
 
 
 def test_torch_and_dali_agree_on_random_views():
     pytest.importorskip("nvidia.dali")
     columns, pixels = batch(8, seed=6, size=32)
     plan = plan_augmentation(AugmentSettings(rotation=20.0), 4, 1, **columns)
-    torch_out = make_augmenter("torch")(pixels, plan)
-    dali_out = make_augmenter("dali")(pixels, plan)
-    torch.testing.assert_close(dali_out, torch_out, rtol=0, atol=PIXEL_TOLERANCE)
+    torch_out = augmenter_for("torch")(pixels, plan)
+    dali_out = augmenter_for("dali")(pixels, plan)
+    torch.testing.assert_close(dali_out, torch_out, rtol=0, atol=pixel_tolerance(32, "dali"))
 
 
 def test_parameters_stay_within_their_ranges():
@@ -257,13 +263,32 @@ def test_bad_batches_are_one_line_errors():
 
 
 @pytest.mark.cuda
-def test_torch_augmenter_on_cuda_matches_the_cpu():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmenter_on_cuda_matches_the_reference(backend):
     columns, pixels = batch(6, seed=8, size=24)
-    plan = plan_augmentation(AugmentSettings(), 0, 0, **columns)
-    augmenter = TorchAugmenter(MEAN, STD)
-    on_gpu = augmenter(pixels.cuda(), plan)
-    assert on_gpu.is_cuda
-    torch.testing.assert_close(on_gpu.cpu(), augmenter(pixels, plan), rtol=0, atol=PIXEL_TOLERANCE)
+    plan = plan_augmentation(AugmentSettings(rotation=20.0), 0, 0, **columns)
+    on_gpu = augmenter_for(backend, device="cuda")(pixels.cuda().half(), plan)
+    assert on_gpu.is_cuda and on_gpu.dtype == torch.float32
+    expected = reference(pixels.half().float().numpy().astype(np.float64), plan)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), expected, rtol=0, atol=pixel_tolerance(24, backend))
+
+
+def test_auto_backend_is_dali_where_installed_and_bad_backends_are_errors():
+    expected = "DaliAugmenter" if dali_available() else "TorchAugmenter"
+    assert type(make_augmenter(MEAN, STD)).__name__ == expected
+    with pytest.raises(ValueError, match="backend 'opencv'"):
+        make_augmenter(MEAN, STD, backend="opencv")
+
+
+def test_dali_pipeline_serves_batches_of_any_size():
+    augmenter = augmenter_for("dali")
+    for rows in (2, 5, 3):
+        columns, pixels = batch(rows, seed=rows, size=12)
+        plan = plan_augmentation(AugmentSettings(), 0, 0, **columns)
+        np.testing.assert_allclose(augmenter(pixels, plan).numpy(), reference(pixels.numpy().astype(np.float64), plan),
+                                   rtol=0, atol=pixel_tolerance(12, "dali"))
+    with pytest.raises(ValueError, match="on cpu"):
+        augmenter(pixels.to("meta"), plan)
 
 
 def test_settings_round_trip_through_a_dict():

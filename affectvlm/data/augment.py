@@ -28,8 +28,8 @@ square (the renderer draws size x size), so a rotation in normalised coordinates
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -239,10 +239,7 @@ class TorchAugmenter:
         if plan.is_identity():
             return (views.to(torch.float32) - mean) / std
         batch, count, channels, height, width = views.shape
-        flat = views.reshape(batch * count, channels, height, width)
-        if not plan.keeps_sources():
-            rows, view_index = plan.source[..., 0], plan.source[..., 1]
-            flat = flat.index_select(0, torch.from_numpy((rows * count + view_index).reshape(-1)).to(views.device))
+        flat = _gather(views, plan)
         flat = flat.to(torch.float32)
         if not plan.keeps_geometry():
             theta = torch.from_numpy(plan.affine).to(views.device).reshape(-1, 2, 3)
@@ -292,8 +289,124 @@ def _check_views(views: torch.Tensor, plan: AugmentPlan) -> None:
         raise ValueError(f"augmenter: views must be floating point in [0, 1] (got {views.dtype})")
 
 
+class DaliAugmenter:
+    """Applies a plan with an NVIDIA DALI pipeline, on the CPU (`device="cpu"`, DALI's `device_id=None`) or on the
+    GPU of `device` ("cuda", "cuda:1").
+
+    One pipeline sample is one view, laid out FHWC with the three channels as frames and C = 1, so a torch view
+    (3, H, W) enters without a transpose and one 2x3 matrix warps all its channels. The graph: external_source
+    (views and per-view parameters) -> warp_affine (bilinear, zeros outside) -> reductions.mean (the view's mean
+    for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
+    normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
+    mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel
+    Python workers, so nothing is forked, before or after CUDA exists.
+    """
+
+    def __init__(self, mean, std, device="cpu", num_threads: int | None = None):
+        self.mean, self.std = _channel_constants(mean, std)
+        self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"DaliAugmenter: device must be cpu or cuda (got {device})")
+        self.num_threads = num_threads or max(1, torch.get_num_threads())
+        self._pipeline, self._capacity = None, 0
+
+    def __call__(self, views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+        _check_views(views, plan)
+        if views.device.type != self.device.type:
+            raise ValueError(f"DaliAugmenter: views are on {views.device} but the pipeline runs on {self.device}")
+        batch, count, channels, height, width = views.shape
+        pipeline = self._pipeline_for(batch * count)
+        inputs = dict(matrix=_pixel_matrices(plan.affine.reshape(-1, 2, 3), height, width),
+                      **self._colour_inputs(plan))
+        if self.device.type == "cpu":
+            (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
+            return torch.from_numpy(out.as_array()).view(batch, count, channels, height, width)
+        stream = torch.cuda.current_stream(views.device)
+        gathered = _gather(views, plan).to(torch.float32).unsqueeze(-1).contiguous()
+        stream.synchronize()
+        (out,) = pipeline.run(stream.cuda_stream, views=gathered, **inputs)
+        result = torch.empty(views.shape, dtype=torch.float32, device=views.device)
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        feed_ndarray(out.as_tensor(), result, cuda_stream=stream)
+        return result
+
+    def _colour_inputs(self, plan: AugmentPlan) -> dict:
+        """With m the warped view's mean: out = scale * x + m * shift_per_mean + shift, per channel."""
+        b, c = plan.brightness.reshape(-1, 1), plan.contrast.reshape(-1, 1)
+        mean, std = self.mean.numpy()[None, :], self.std.numpy()[None, :]
+        return dict(scale=(b * c / std).astype(np.float32), shift_per_mean=(b * (1 - c) / std).astype(np.float32),
+                    shift=np.repeat((-mean / std).astype(np.float32), len(b), axis=0))
+
+    def _pipeline_for(self, views: int):
+        if self._pipeline is None or views > self._capacity:
+            self._pipeline, self._capacity = self._build(views), views
+        return self._pipeline
+
+    def _build(self, capacity: int):
+        from nvidia.dali import fn, pipeline_def, types
+
+        on_gpu = self.device.type == "cuda"
+        where = "gpu" if on_gpu else "cpu"
+        device_id = (self.device.index or 0) if on_gpu else None
+
+        @pipeline_def(batch_size=capacity, num_threads=self.num_threads, device_id=device_id, exec_dynamic=True,
+                      prefetch_queue_depth=1)
+        def augmentation():
+            views = fn.external_source(name="views", device=where, layout="FHWC", dtype=types.FLOAT,
+                                       no_copy=not on_gpu)
+            matrix, scale, shift_per_mean, shift = (
+                fn.external_source(name=name, dtype=types.FLOAT) for name in ("matrix", "scale", "shift_per_mean",
+                                                                            "shift"))
+            warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
+                                    device=where)
+            view_mean = fn.reductions.mean(warped)
+            channel_shift = view_mean.cpu() * shift_per_mean + shift if on_gpu else view_mean * shift_per_mean + shift
+            return fn.brightness_contrast(warped, brightness=fn.per_frame(scale),
+                                          brightness_shift=fn.per_frame(channel_shift), contrast_center=0.0,
+                                          device=where)
+
+        pipeline = augmentation()
+        pipeline.build()
+        return pipeline
+
+
+def _pixel_matrices(affine: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Normalised (align_corners=False) output -> input maps as DALI's pixel maps (pixel centres at i + 0.5)."""
+    to_normalised = np.array([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]])
+    to_pixels = np.linalg.inv(to_normalised)
+    square = np.concatenate([affine.astype(np.float64), np.broadcast_to([[[0, 0, 1]]], (len(affine), 1, 3))], 1)
+    return np.ascontiguousarray((to_pixels @ square @ to_normalised)[:, :2], dtype=np.float32)
+
+
+def _source_views_numpy(views: torch.Tensor, plan: AugmentPlan) -> list[np.ndarray]:
+    """The view each output view starts from, as (3, H, W, 1) numpy arrays that share the source's memory."""
+    pixels = views.to(torch.float32).contiguous().numpy()[..., None]
+    return [pixels[row, view] for row, view in plan.source.reshape(-1, 2)]
+
+
+def _gather(views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+    """(B * K, 3, H, W): the view each output view starts from."""
+    batch, count = plan.shape
+    flat = views.reshape(batch * count, *views.shape[2:])
+    if plan.keeps_sources():
+        return flat
+    index = plan.source[..., 0] * count + plan.source[..., 1]
+    return flat.index_select(0, torch.from_numpy(index.reshape(-1)).to(views.device))
+
+
 def make_augmenter(mean, std, backend: str = "auto", device="cpu"):
     """The augmenter for `backend`: "torch", "dali", or "auto" (DALI where it is installed, torch otherwise)."""
     if backend not in ("auto", "dali", "torch"):
         raise ValueError(f"unknown augmentation backend '{backend}' (choose auto, dali or torch)")
-    return TorchAugmenter(mean, std)
+    if backend == "auto":
+        backend = "dali" if dali_available() else "torch"
+    if backend == "torch":
+        return TorchAugmenter(mean, std)
+    if not dali_available():
+        raise ValueError("augmentation backend 'dali' needs NVIDIA DALI (pip install nvidia-dali-cuda130); "
+                         "use backend='torch' or 'auto'")
+    return DaliAugmenter(mean, std, device)
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
