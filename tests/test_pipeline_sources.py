@@ -17,13 +17,14 @@ def test_cached_views_are_the_model_views_of_each_sample(static_dataset, view_ca
     assert source.recipe == DEFAULT_RECIPE and len(source.samples) == 50
     ids = np.array([17, 3, 17, 49])  # across shards, one twice
     views = source.views(ids)
-    assert views.shape == (4, 3, 3, 32, 32) and views.dtype == torch.float16
+    assert views.shape == (4, 3, 3, 32, 32) and views.dtype == torch.float32
+    assert torch.equal(source.views(ids, dtype=torch.float16).float(), views)
     samples = index_dataset(static_dataset)
     for position, i in enumerate(ids):
         assert static_dataset / source.samples[i].path == samples[i].path
         mesh = load_sample(samples[i])
         expected = render_model_views(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), view_cameras(), 32)
-        assert torch.equal(views[position], expected[0].half())
+        assert torch.equal(views[position], expected[0].half().float())  # as stored, float16
 
 
 def test_online_views_without_jitter_equal_the_cache(view_cache, mesh_cache):
@@ -32,9 +33,9 @@ def test_online_views_without_jitter_equal_the_cache(view_cache, mesh_cache):
     for epoch in (0, 3):
         rendered = online.views(ids, epoch=epoch, seed=7, augment=False)
         assert rendered.dtype == torch.float32
-        assert torch.equal(rendered.half(), cached.views(ids))  # the same floats, stored as float16
+        assert torch.equal(rendered.half(), cached.views(ids, dtype=torch.float16))  # the same floats, stored
     zero = OnlineViews(mesh_cache, size=32, jitter=CameraJitter.none(), device="cpu")
-    assert torch.equal(zero.views(ids, epoch=5, seed=1).half(), cached.views(ids))
+    assert torch.equal(zero.views(ids, epoch=5, seed=1).half(), cached.views(ids, dtype=torch.float16))
 
 
 def test_online_views_render_the_jittered_cameras_and_light_of_each_sample(mesh_cache):

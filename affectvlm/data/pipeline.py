@@ -47,6 +47,7 @@ from affectvlm.data.datasets import Sample
 from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.mesh_cache import FORMAT as MESH_CACHE_FORMAT
 from affectvlm.data.mesh_cache import MeshCache
+from affectvlm.data.memory import empty
 from affectvlm.data.sharding import EpochOrder
 from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter, check_recipe, jittered_cameras, render_model_views
 from affectvlm.geometry.cameras import DEFAULT_VIEWS
@@ -126,13 +127,16 @@ class CachedViews:
             raise CacheError(f"{path}: holds {array.dtype} {array.shape}, the index says {self.dtype} {shape}")
         return array
 
-    def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True) -> torch.Tensor:
-        """(B, K, 3, H, W) in [0, 1], in the cache's dtype (float16 by default), on the CPU."""
+    def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, K, 3, H, W) in [0, 1] on the CPU, converted to `dtype` as they are gathered (float16 keeps the
+        cache's bytes, e.g. for the copy to a GPU)."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
-        out = np.empty((len(sample_ids), len(self.view_names), 3, self.image_size, self.image_size), self.dtype)
+        out = empty((len(sample_ids), len(self.view_names), 3, self.image_size, self.image_size), dtype=dtype)
+        rows = out.numpy()
         for position, sample in enumerate(sample_ids):
-            out[position] = self._shards[self._shard_of[sample]][self._row_of[sample]]
-        return torch.from_numpy(out)
+            rows[position] = self._shards[self._shard_of[sample]][self._row_of[sample]]
+        return out
 
 
 class OnlineViews:
@@ -246,7 +250,10 @@ class ViewPipeline:
     def _read(self, epoch: int, step: int):
         positions, valid = self.order.batch(epoch, step)
         ids = self.subset[positions]
-        views = self.source.views(ids, epoch, self.seed, augment=self.training)
+        if isinstance(self.source, CachedViews) and self.device.type == "cuda":
+            views = self.source.views(ids, dtype=torch.float16).pin_memory()  # half the bytes to copy
+        else:
+            views = self.source.views(ids, epoch, self.seed, augment=self.training)
         return ids, valid, views.to(self.device, non_blocking=True)
 
     def _assemble(self, epoch: int, step: int, ids: np.ndarray, valid: np.ndarray, views: torch.Tensor) -> Batch:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from affectvlm.data.draws import uniform
+from affectvlm.data.memory import empty
 from affectvlm.geometry.cameras import Cameras, view_cameras
 from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, render_views
 
@@ -66,12 +67,20 @@ def render_model_views(vertices, faces, cameras: Cameras, size, recipe: str = DE
     images = render_views(vertices, faces, cameras, size, rendered)
     layout = channel_layout(rendered)
     normal, mask = images[:, :, layout["normal"]], images[:, :, layout["mask"]]
+    # Written channel by channel into one output, in place: each pass over a batch is a pass over memory.
+    out = empty((*images.shape[:2], 3, *images.shape[3:]), device=images.device)
     if recipe == "normal":
-        return (normal + 1) * 0.5 * mask
-    shading = _shading(normal, mask, _per_view_light(light, images))
+        torch.add(normal, 1.0, out=out)
+        return out.mul_(0.5).mul_(mask)
+    _shade(normal, mask[:, :, 0], _per_view_light(light, images), out=out[:, :, 0])
     if recipe == "shading":
-        return shading.expand(-1, -1, 3, -1, -1).contiguous()
-    return torch.cat([shading, images[:, :, layout["depth"]], (normal[:, :, 2:3] + 1) * 0.5 * mask], dim=2)
+        out[:, :, 1:].copy_(out[:, :, :1].expand(-1, -1, 2, -1, -1))
+        return out
+    out[:, :, 1].copy_(images[:, :, layout["depth"].start])
+    normal_z = out[:, :, 2]
+    torch.addcmul(mask[:, :, 0], normal[:, :, 2], mask[:, :, 0], out=normal_z)
+    normal_z.mul_(0.5)  # (normal_z + 1) / 2 on covered pixels
+    return out
 
 
 def _per_view_light(light: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
@@ -85,10 +94,12 @@ def _per_view_light(light: torch.Tensor | None, images: torch.Tensor) -> torch.T
     return light / light.norm(dim=-1, keepdim=True)
 
 
-def _shading(normal: torch.Tensor, mask: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
-    """Lambertian shading (B, K, 1, H, W), as the rasteriser computes it, for a light per view."""
-    lambert = torch.einsum("bkchw,bkc->bkhw", normal, light).unsqueeze(2)
-    return (AMBIENT + (1.0 - AMBIENT) * lambert.clamp_min(0.0)) * mask
+def _shade(normal: torch.Tensor, mask: torch.Tensor, light: torch.Tensor, out: torch.Tensor) -> None:
+    """Lambertian shading into out (B, K, H, W), as the rasteriser computes it, for a light per view (B, K, 3)."""
+    diffuse = (light * (1.0 - AMBIENT))[..., None, None]  # max(0, x) * a = max(0, x * a) for a > 0
+    torch.mul(normal[:, :, 0], diffuse[:, :, 0], out=out)
+    out.addcmul_(normal[:, :, 1], diffuse[:, :, 1]).addcmul_(normal[:, :, 2], diffuse[:, :, 2])
+    out.clamp_(min=0.0).add_(AMBIENT).mul_(mask)
 
 
 @dataclass(frozen=True)
