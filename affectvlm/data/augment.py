@@ -320,15 +320,13 @@ class DaliAugmenter:
                       **self._colour_inputs(plan))
         if self.device.type == "cpu":
             (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
-            return torch.from_numpy(out.as_array()).view(batch, count, channels, height, width)
-        stream = torch.cuda.current_stream(views.device)
-        gathered = _gather(views, plan).to(torch.float32).unsqueeze(-1).contiguous()
-        stream.synchronize()
-        (out,) = pipeline.run(stream.cuda_stream, views=gathered, **inputs)
-        result = torch.empty(views.shape, dtype=torch.float32, device=views.device)
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-        feed_ndarray(out.as_tensor(), result, cuda_stream=stream)
-        return result
+        else:
+            stream = torch.cuda.current_stream(views.device)
+            gathered = _gather(views, plan).to(torch.float32).unsqueeze(-1).contiguous()
+            stream.synchronize()
+            (out,) = pipeline.run(stream.cuda_stream, views=gathered, **inputs)
+        # The dynamic executor hands its output buffers over (zero-copy), so the next run cannot overwrite them.
+        return torch.from_dlpack(out.as_tensor()).view(batch, count, channels, height, width)
 
     def _colour_inputs(self, plan: AugmentPlan) -> dict:
         """With m the warped view's mean: out = scale * x + m * shift_per_mean + shift, per channel."""
