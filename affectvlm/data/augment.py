@@ -358,7 +358,8 @@ class DaliAugmenter:
             warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
                                     device=where)
             view_mean = fn.reductions.mean(warped)
-            channel_shift = view_mean.cpu() * shift_per_mean + shift if on_gpu else view_mean * shift_per_mean + shift
+            # Argument inputs live on the CPU; the dynamic executor moves the GPU mean there.
+            channel_shift = (view_mean.cpu() if on_gpu else view_mean) * shift_per_mean + shift
             return fn.brightness_contrast(warped, brightness=fn.per_frame(scale),
                                           brightness_shift=fn.per_frame(channel_shift), contrast_center=0.0,
                                           device=where)
@@ -393,7 +394,8 @@ def _gather(views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
 
 
 def make_augmenter(mean, std, backend: str = "auto", device="cpu"):
-    """The augmenter for `backend`: "torch", "dali", or "auto" (DALI where it is installed, torch otherwise)."""
+    """The augmenter for `backend`: "torch", "dali", or "auto" (DALI where it is installed, torch otherwise).
+    `device` is where a DALI pipeline runs ("cpu" or "cuda[:N]"); the torch augmenter follows its input."""
     if backend not in ("auto", "dali", "torch"):
         raise ValueError(f"unknown augmentation backend '{backend}' (choose auto, dali or torch)")
     if backend == "auto":
