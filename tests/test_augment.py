@@ -295,3 +295,13 @@ def test_settings_round_trip_through_a_dict():
     settings = AugmentSettings(rotation=math.pi, crop_scale=[0.6, 0.9])
     assert AugmentSettings(**settings.as_dict()) == settings
     assert settings.crop_scale == (0.6, 0.9)
+
+
+def test_dali_output_survives_the_next_batch():
+    augmenter = augmenter_for("dali")
+    columns, pixels = batch(4, seed=9, size=12)
+    plan = plan_augmentation(AugmentSettings(), 0, 0, **columns)
+    first = augmenter(pixels, plan)
+    kept = first.clone()
+    augmenter(torch.rand_like(pixels), plan)
+    assert torch.equal(first, kept)

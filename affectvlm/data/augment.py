@@ -320,15 +320,13 @@ class DaliAugmenter:
                       **self._colour_inputs(plan))
         if self.device.type == "cpu":
             (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
-            return torch.from_numpy(out.as_array()).view(batch, count, channels, height, width)
-        stream = torch.cuda.current_stream(views.device)
-        gathered = _gather(views, plan).to(torch.float32).unsqueeze(-1).contiguous()
-        stream.synchronize()
-        (out,) = pipeline.run(stream.cuda_stream, views=gathered, **inputs)
-        result = torch.empty(views.shape, dtype=torch.float32, device=views.device)
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-        feed_ndarray(out.as_tensor(), result, cuda_stream=stream)
-        return result
+        else:
+            stream = torch.cuda.current_stream(views.device)
+            gathered = _gather(views, plan).to(torch.float32).unsqueeze(-1).contiguous()
+            stream.synchronize()
+            (out,) = pipeline.run(stream.cuda_stream, views=gathered, **inputs)
+        # The dynamic executor hands its output buffers over (zero-copy), so the next run cannot overwrite them.
+        return torch.from_dlpack(out.as_tensor()).view(batch, count, channels, height, width)
 
     def _colour_inputs(self, plan: AugmentPlan) -> dict:
         """With m the warped view's mean: out = scale * x + m * shift_per_mean + shift, per channel."""
@@ -360,7 +358,8 @@ class DaliAugmenter:
             warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
                                     device=where)
             view_mean = fn.reductions.mean(warped)
-            channel_shift = view_mean.cpu() * shift_per_mean + shift if on_gpu else view_mean * shift_per_mean + shift
+            # Argument inputs live on the CPU; the dynamic executor moves the GPU mean there.
+            channel_shift = (view_mean.cpu() if on_gpu else view_mean) * shift_per_mean + shift
             return fn.brightness_contrast(warped, brightness=fn.per_frame(scale),
                                           brightness_shift=fn.per_frame(channel_shift), contrast_center=0.0,
                                           device=where)
@@ -395,7 +394,8 @@ def _gather(views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
 
 
 def make_augmenter(mean, std, backend: str = "auto", device="cpu"):
-    """The augmenter for `backend`: "torch", "dali", or "auto" (DALI where it is installed, torch otherwise)."""
+    """The augmenter for `backend`: "torch", "dali", or "auto" (DALI where it is installed, torch otherwise).
+    `device` is where a DALI pipeline runs ("cpu" or "cuda[:N]"); the torch augmenter follows its input."""
     if backend not in ("auto", "dali", "torch"):
         raise ValueError(f"unknown augmentation backend '{backend}' (choose auto, dali or torch)")
     if backend == "auto":
