@@ -79,3 +79,24 @@ def test_four_d_batches_carry_sequence_and_frame(sequence_dataset, tmp_path):
 def test_static_scans_have_no_sequence(view_cache):
     batch = next(ViewPipeline(CachedViews(view_cache), 4, backend="torch", device="cpu").epoch(0))
     assert (batch.sequences == -1).all() and (batch.frames == -1).all()
+
+
+def test_a_batch_of_several_topologies_renders_each_mesh_as_alone(static_dataset, tmp_path):
+    from affectvlm.data import Sample, write_labels
+    from affectvlm.geometry import Mesh
+    from affectvlm.geometry.io import save_mesh
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    samples = []
+    for i, sample in enumerate(index_dataset(static_dataset)[:3]):
+        mesh = load_sample(sample)
+        faces = mesh.faces[i % 2::1 + i % 2].copy()  # every face, then every other face, then every face
+        save_mesh(folder / f"{i}.ply", Mesh(mesh.vertices, faces))
+        samples.append(Sample(folder / f"{i}.ply", sample.subject, sample.emotion, sample.intensity))
+    write_labels(folder, samples)
+    online = OnlineViews(build_mesh_cache(folder, tmp_path / "meshes").path, size=24, device="cpu")
+    assert len({online.meshes.topology(i) for i in range(3)}) == 2
+    together = online.views([2, 1, 0], epoch=1, seed=2)
+    for position, i in enumerate([2, 1, 0]):
+        assert torch.equal(together[position], online.views([i], epoch=1, seed=2)[0])
