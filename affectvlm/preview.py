@@ -2,6 +2,7 @@
 
     python -m affectvlm.preview expressions docs/synthetic_expressions.png
     python -m affectvlm.preview views docs/render_views.png
+    python -m affectvlm.preview augmentation docs/augmentation.png
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augmentation
 from affectvlm.data.emotions import EMOTIONS
+from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD
 from affectvlm.data.procedural_face import ProceduralFaceModel
 from affectvlm.data.synthetic import expression_weights
+from affectvlm.data.views import CameraJitter, jittered_cameras, render_model_views
 from affectvlm.geometry import Mesh, normalise
 from affectvlm.geometry.cameras import DEFAULT_VIEWS, orbit_cameras, view_cameras
 from affectvlm.ops.raster import render_views
@@ -64,12 +68,59 @@ def view_grid(path: str | Path, seed: int = 3, emotion: str = "happiness", size:
     return save_figure(figure, path, dpi)
 
 
+def augmentation_grid(path: str | Path, seed: int = 3, emotion: str = "happiness", size: int = 160,
+                      dpi: int = 60) -> Path:
+    """One generated face's model views (default recipe as RGB): at the view presets as the render cache holds
+    them, rendered online from jittered cameras and light, and after the mixed view augmentation (flip forced
+    on, view mixing at 0.5, other strengths at their defaults). A second face of the same expression is in the
+    batch as the donor of mixed views."""
+    model = ProceduralFaceModel()
+    meshes = [normalise(Mesh(model.rig(model.random_identity(np.random.default_rng(seed + i)))
+                             .pose(expression_weights(model, emotion, 4)).astype(np.float32), model.faces))
+              for i in range(2)]
+    vertices, faces = torch.from_numpy(np.stack([m.vertices for m in meshes])), torch.from_numpy(model.faces)
+    presets = render_model_views(vertices, faces, view_cameras(), size)
+    cameras, light = jittered_cameras(DEFAULT_VIEWS, CameraJitter(), seed, 0, [0, 1])
+    online = render_model_views(vertices, faces, cameras, size, light=light)
+    label = EMOTIONS.index(emotion)
+    plan = plan_augmentation(AugmentSettings(flip=1.0, mix=0.5), seed, 0, [0, 1], [label, label], [4, 4],
+                             [True, True], DEFAULT_VIEWS)
+    mean, std = torch.tensor(OPENAI_MEAN).view(3, 1, 1), torch.tensor(OPENAI_STD).view(3, 1, 1)
+    augmented = TorchAugmenter(OPENAI_MEAN, OPENAI_STD)(online, plan) * std + mean
+    rows = {"cache (presets)": presets[0], "online (jittered)": online[0], "augmented": augmented[0]}
+    figure, axes = plt.subplots(len(rows), len(DEFAULT_VIEWS), figsize=(2.6 * len(DEFAULT_VIEWS), 2.6 * len(rows)))
+    for row, (stage, views) in enumerate(rows.items()):
+        for column, view in enumerate(DEFAULT_VIEWS):
+            title = f"{view} · {stage}"
+            if stage == "augmented":
+                source_row, source_view = plan.source[0, column]
+                origin = "other face's " if source_row != 0 else ""
+                title = f"{view} ← {origin}{DEFAULT_VIEWS[source_view]}, mirrored"
+            axes[row, column].imshow(np.clip(views[column].permute(1, 2, 0).numpy(), 0, 1))
+            axes[row, column].set_title(title, fontsize=9)
+            axes[row, column].axis("off")
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=0.95, wspace=0.02, hspace=0.15)
+    return save_figure(figure, path, dpi)
+
+
 def _identity(seed: int):
     model = ProceduralFaceModel()
     return model, model.rig(model.random_identity(np.random.default_rng(seed)))
 
 
+<<<<<<< HEAD
 PICTURES = {"expressions": expression_grid, "views": view_grid}
+=======
+def _save(figure, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+PICTURES = {"expressions": expression_grid, "views": view_grid, "augmentation": augmentation_grid}
+>>>>>>> sources
 
 
 def main(argv: list[str] | None = None) -> None:

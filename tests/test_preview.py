@@ -4,7 +4,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from affectvlm.preview import expression_grid, main, view_grid
+from affectvlm.preview import augmentation_grid, expression_grid, main, view_grid
 
 
 def panels(image, count):
@@ -32,3 +32,11 @@ def test_command_line_names_the_picture(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["portraits", str(tmp_path / "x.png")])
     assert "invalid choice: 'portraits'" in capsys.readouterr().err
+
+
+def test_augmentation_grid_shows_the_face_in_every_panel(tmp_path):
+    image = matplotlib.image.imread(augmentation_grid(tmp_path / "augmentation.png", dpi=20, size=48))
+    for band in np.array_split(image[..., :3], 3, axis=0):  # presets, jittered, augmented
+        for panel in panels(band, 3):
+            grey = panel.mean(axis=-1)
+            assert ((grey > 0.3) & (grey < 0.97)).mean() > 0.05  # a coloured face, not an empty panel

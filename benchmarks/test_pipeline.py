@@ -1,0 +1,159 @@
+"""The data pipeline end to end: samples per second of 3 views of 224^2 in batches of 64, augmented with the
+default settings and CLIP-normalised, each case pulling batches from a running stream of epochs (reading,
+rendering where online, augmentation, labels). A round pulls 3 batches after a warm-up round of 3, so that
+every case runs in its steady state (prefetch queues drained): samples/s = 192 / time per round.
+
+Group `pipeline-64x3-224`:
+- `cached_dali_cpu`: ViewPipeline over the render cache, DALI augmentation on the CPU (`device_id=None`);
+- `cached_torch`: the same with the torch augmenter (the fallback where DALI is missing);
+- `online_dali_cpu` / `online_torch`: mesh cache -> views rendered with camera and light jitter -> augmentation;
+- `dataloader_torchvision_v2`: the peer, a plain torch DataLoader (2 worker processes, the machine's cores)
+  over the same memory-mapped render cache, one sample per __getitem__, with torchvision v2 transforms per view
+  (RandomResizedCrop, RandomRotation, ColorJitter, Normalize; the flip per sample, swapping left and right);
+  no view mixing.
+Group `mesh-load`: `MeshCache.load` of one mesh against reading the same mesh from its PLY file (`load_sample`).
+On a GPU (`cuda`) the DALI pipeline and the online renderer run there too.
+
+The augmentation step alone is benchmarked in benchmarks/test_augment.py.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from affectvlm._ext import cuda_status
+from affectvlm.data import index_dataset, load_sample
+from affectvlm.data.augment import dali_available
+from affectvlm.data.cache import RenderSettings, render_dataset
+from affectvlm.data.mesh_cache import MeshCache, build_mesh_cache
+from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD, CachedViews, OnlineViews, ViewPipeline
+from affectvlm.data.synthetic import generate_dataset
+
+BATCH, SIZE, BATCHES_PER_ROUND = 64, 224, 3
+needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")
+pipeline_group = pytest.mark.benchmark(group=f"pipeline-{BATCH}x3-{SIZE}")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A 6-subject synthetic dataset (150 faces of 21k triangles), its render cache and its mesh cache."""
+    root = tmp_path_factory.mktemp("pipeline-bench")
+    generate_dataset(root / "data", subjects=6, seed=0, file_format="ply")
+    render_dataset(root / "data", root / "views", RenderSettings(size=SIZE), batch_size=64)
+    build_mesh_cache(root / "data", root / "meshes")
+    return root
+
+
+def pull_batches(benchmark, stream, rounds: int = 2):
+    """Time pulling BATCHES_PER_ROUND batches from an endless stream."""
+    benchmark.extra_info["samples"] = BATCH * BATCHES_PER_ROUND
+    benchmark.pedantic(lambda: [next(stream) for _ in range(BATCHES_PER_ROUND)], rounds=rounds, iterations=1,
+                       warmup_rounds=1)
+
+
+def run_batches(benchmark, pipeline: ViewPipeline, rounds: int = 2):
+    def synchronised():
+        for epoch in itertools.count():
+            for batch in pipeline.epoch(epoch):
+                if batch.images.is_cuda:
+                    torch.cuda.synchronize()
+                yield batch
+
+    pull_batches(benchmark, synchronised(), rounds)
+
+
+@pipeline_group
+@needs_dali
+def test_cached_dali_cpu(benchmark, folders):
+    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="dali", device="cpu"))
+
+
+@pipeline_group
+def test_cached_torch(benchmark, folders):
+    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="torch", device="cpu"))
+
+
+@pipeline_group
+@needs_dali
+def test_online_dali_cpu(benchmark, folders):
+    source = OnlineViews(folders / "meshes", size=SIZE, device="cpu")
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend="dali", device="cpu"))
+
+
+@pipeline_group
+def test_online_torch(benchmark, folders):
+    source = OnlineViews(folders / "meshes", size=SIZE, device="cpu")
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend="torch", device="cpu"))
+
+
+class CachedSampleDataset(torch.utils.data.Dataset):
+    """One sample per item from the memory-mapped render cache, transformed view by view with torchvision v2."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.source = None  # opened in each worker, so no memory map crosses a fork
+        self.flip = v2.RandomHorizontalFlip(p=1.0)
+        self.per_view = v2.Compose([v2.RandomResizedCrop(SIZE, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=False),
+                                    v2.RandomRotation(10.0), v2.ColorJitter(brightness=0.2, contrast=0.2),
+                                    v2.Normalize(OPENAI_MEAN, OPENAI_STD)])
+        self.labels = [sample.emotion for sample in CachedViews(folder).samples]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if self.source is None:
+            self.source = CachedViews(self.folder)
+        views = self.source.views([index])[0].float()
+        if torch.rand(()) < 0.5:
+            views = self.flip(views[[0, 2, 1]])  # frontal, left, right: the mirror swaps left and right
+        return torch.stack([self.per_view(view) for view in views]), index
+
+
+@pipeline_group
+def test_dataloader_torchvision_v2(benchmark, folders):
+    loader = torch.utils.data.DataLoader(CachedSampleDataset(folders / "views"), batch_size=BATCH, shuffle=True,
+                                         num_workers=2, persistent_workers=True, drop_last=True)
+    pull_batches(benchmark, itertools.chain.from_iterable(itertools.repeat(loader)))
+
+
+@pipeline_group
+@needs_gpu
+@needs_dali
+@pytest.mark.cuda
+def test_cached_dali_cuda(benchmark, folders):
+    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="dali", device="cuda"),
+                rounds=5)
+
+
+@pipeline_group
+@needs_gpu
+@pytest.mark.cuda
+def test_online_torch_cuda(benchmark, folders):
+    source = OnlineViews(folders / "meshes", size=SIZE, device="cuda")
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend="torch", device="cuda"), rounds=5)
+
+
+@pipeline_group
+@needs_gpu
+@needs_dali
+@pytest.mark.cuda
+def test_online_dali_cuda(benchmark, folders):
+    source = OnlineViews(folders / "meshes", size=SIZE, device="cuda")
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend="dali", device="cuda"), rounds=5)
+
+
+@pytest.mark.benchmark(group="mesh-load")
+def test_mesh_cache_load(benchmark, folders):
+    cache = MeshCache(folders / "meshes")
+    indices = itertools.cycle(range(len(cache)))
+    benchmark(lambda: cache.load(next(indices)))
+
+
+@pytest.mark.benchmark(group="mesh-load")
+def test_load_sample_from_ply(benchmark, folders):
+    samples = itertools.cycle(index_dataset(folders / "data"))
+    benchmark.pedantic(lambda: load_sample(next(samples)), rounds=20, iterations=1)
