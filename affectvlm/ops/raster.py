@@ -1,10 +1,11 @@
 """Batched mesh-to-multiview rendering: B meshes x K cameras -> float32 images (B, K, C, H, W).
 
-CPU tensors run the C++ kernel, CUDA tensors the CUDA kernel on the current stream, and where the compiled
-extension is missing the pure-PyTorch reference (`affectvlm.ops.reference`) renders the same images. The kernel
-call is the torch.library custom op `torch.ops.affectvlm.render_views` (no gradient), so torch.compile keeps
-it in its graph. Pixel,
-depth and fill conventions are documented in csrc/raster/raster_common.h and the README's Rendering section.
+CPU tensors run the C++ kernel, CUDA tensors the CUDA kernel on the current stream, and where a build has no
+CUDA kernels the pure-PyTorch reference (`affectvlm.ops.reference`) renders the same images. The kernel call is
+the torch.library custom op `torch.ops.affectvlm.render_views` (no gradient), so torch.compile keeps it in its
+graph. The channels' names and widths come from the compiled module (`CHANNEL_WIDTHS`), so rendering needs it,
+on the reference too. Pixel, depth and fill conventions are documented in csrc/raster/raster_common.h and the
+README's Rendering section.
 
 Channels, in the order asked for:
 - "depth" (1): distance from the camera along its axis, normalised per view over the covered pixels:
@@ -27,7 +28,16 @@ import torch
 from affectvlm.geometry.cameras import Cameras
 from affectvlm.ops.checks import require_tensor, value_range
 
-CHANNEL_WIDTHS = {"depth": 1, "normal": 3, "shading": 1, "mask": 1, "attributes": None}
+
+def _kernel_channel_widths() -> dict[str, int | None]:
+    """The kernels' table of channels (kChannels in csrc/raster/raster.h): {name: image planes, None for one
+    per attribute}. Empty without the compiled module, where channel_layout says why."""
+    from affectvlm._ext import IMPORT_ERROR, extension
+
+    return {} if IMPORT_ERROR else extension().raster_channels()
+
+
+CHANNEL_WIDTHS = _kernel_channel_widths()
 DEFAULT_CHANNELS = ("depth", "normal", "shading", "mask")
 DEFAULT_LIGHT = (0.3, 0.4, 1.0)
 BACKENDS = ("auto", "kernel", "reference")
@@ -224,6 +234,10 @@ def _num_channels(layout: dict[str, slice]) -> int:
 
 def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:
     """Where each named channel lies in the C dimension of the images."""
+    if not CHANNEL_WIDTHS:
+        from affectvlm._ext import IMPORT_ERROR
+
+        raise ImportError(f"the rasteriser's channels come from its compiled module: {IMPORT_ERROR}")
     layout, start = {}, 0
     for name in channels:
         if name not in CHANNEL_WIDTHS:
