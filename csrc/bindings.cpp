@@ -50,6 +50,9 @@ PYBIND11_MODULE(affectvlm_kernels, m) {
         "Rasterise B meshes x K cameras into caller-allocated images (see csrc/raster/raster.h); "
         "num_threads 0 means one per core; affectvlm.ops.raster.render_views is the API.");
 
+  m.def("raster_channels", &affectvlm::raster::raster_channels,
+        "The rasteriser's channels in order, each with its number of image planes (None: one per attribute).");
+
   m.def("vertex_normals", &affectvlm::raster::vertex_normals_binding, "vertices"_a, "faces"_a, "meshes"_a,
         "normals"_a, "num_threads"_a = 1,
         "Area-weighted unit vertex normals of packed CPU meshes into normals (NV, 3) float32.");

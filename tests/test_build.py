@@ -68,7 +68,7 @@ def import_built_module(build_dir, checks):
     (module,) = build_dir.glob("affectvlm_kernels*.so")
     script = f"""
 import importlib.util
-spec = importlib.util.spec_from_file_location("_C", {str(module)!r})
+spec = importlib.util.spec_from_file_location("affectvlm_kernels", {str(module)!r})
 C = importlib.util.module_from_spec(spec); spec.loader.exec_module(C)
 """ + checks
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -19,7 +19,7 @@ from raster_scenes import (flat_cube, frontal_orthographic, grid_square, icosphe
 
 from affectvlm._ext import extension
 from affectvlm.geometry.cameras import Cameras, look_at, orbit_cameras, perspective, view_cameras
-from affectvlm.ops.raster import pack_meshes, render_views, vertex_normals
+from affectvlm.ops.raster import DEFAULT_CHANNELS, channel_layout, pack_meshes, render_views, vertex_normals
 
 ALL_CHANNELS = ("depth", "normal", "shading", "mask", "attributes")
 
@@ -253,6 +253,26 @@ def test_reference_fallback_renders_where_asked():
     kernel = render_views(vertices, faces, cameras, 24, backend="auto")
     reference = render_views(vertices, faces, cameras, 24, backend="reference")
     torch.testing.assert_close(kernel, reference, rtol=0, atol=1e-5)
+
+
+def test_each_channel_of_the_kernels_table_has_its_width_in_kernel_and_reference():
+    """`_C.raster_channels()` is the one table of channels: the kernel, the reference and channel_layout all
+    give each channel the planes it lists, and the extension names exactly these channels when refusing one."""
+    table = extension().raster_channels()
+    assert list(table)[:4] == list(DEFAULT_CHANNELS) and table["attributes"] is None
+    rng = np.random.default_rng(9)
+    vertices, faces = random_mesh(rng, 30, 60)
+    cameras = random_cameras(rng, 2)
+    attributes = torch.from_numpy(rng.standard_normal((30, 5))).float()
+    (kernel, _), (reference, _) = render_both(vertices, faces, cameras, 12, attributes=attributes)
+    layout = channel_layout(ALL_CHANNELS, num_attributes=5)
+    for name, width in table.items():
+        alone = render_views(vertices, faces, cameras, 12, channels=(name,), attributes=attributes)
+        assert alone.shape[2] == (width or 5) == layout[name].stop - layout[name].start
+        torch.testing.assert_close(alone, kernel[:, :, layout[name]], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone, reference[:, :, layout[name]], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="expected one of " + ", ".join(table) + "$"):
+        extension().render_views(**{**_direct_arguments(), "channels": ["sparkle"]})
 
 
 def _triangle():

@@ -1,7 +1,10 @@
 """The fused contrastive loss: multiview contrastive + multiview triplet + label-aware image-text InfoNCE.
 
 `contrastive_loss` checks and normalises the embeddings with torch (so autograd differentiates the
-normalisation) and hands the normalised embeddings to the compiled kernels through `_ContrastiveFunction`.
+normalisation) and hands the normalised embeddings to the compiled kernels through the custom op
+`torch.ops.affectvlm.contrastive_loss`, whose gradient is the op `affectvlm::contrastive_loss_backward`; both
+are registered with torch.library, so `torch.compile` keeps them in its graph (give `num_classes`, or the
+graph breaks where it is inferred from the labels).
 The kernels never build the N×N or N×M similarity matrix. `AffectLoss` owns the learnable logit scale and
 margin. The formulas are in the README, section "Contrastive loss"; `reference.contrastive_loss_reference`
 is the plain PyTorch version they are tested against.
@@ -9,6 +12,8 @@ is the plain PyTorch version they are tested against.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -58,19 +63,13 @@ def contrastive_loss(
     term alone (CLIP-style training) and reports L_mc and L_mt as 0.
     """
     images, image_labels, texts, text_labels = _checked(images, image_labels, texts, text_labels)
-    if num_classes is None:
+    if num_classes is None:  # reads the labels: torch.compile breaks its graph here unless num_classes is given
         num_classes = int(torch.cat([image_labels, text_labels]).max()) + 1
-    _check_label_range(image_labels, "image_labels", num_classes)
-    _check_label_range(text_labels, "text_labels", num_classes)
-    scale = torch.as_tensor(scale, dtype=torch.float64, device=images.device)
-    if images.is_cuda and scale.abs() > MAX_CUDA_LOGIT_SCALE:
-        raise ValueError(f"scale must lie in [-{MAX_CUDA_LOGIT_SCALE:g}, {MAX_CUDA_LOGIT_SCALE:g}] on the GPU, "
-                         f"got {scale.item():g}")
-    margin = torch.as_tensor(margin, dtype=torch.float64, device=images.device)
+    scale_and_margin = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=images.device)
+                                    for value in (scale, margin)])
     z = F.normalize(images, dim=1, eps=NORMALISE_EPS).contiguous()
     t = F.normalize(texts, dim=1, eps=NORMALISE_EPS).contiguous()
-    terms = _ContrastiveFunction.apply(z, image_labels, t, text_labels, scale, margin, num_classes,
-                                       multiview_terms)
+    terms, *_ = _contrastive_op(z, image_labels, t, text_labels, scale_and_margin, num_classes, multiview_terms)
     return ContrastiveTerms(*terms.unbind())
 
 
@@ -110,54 +109,111 @@ class AffectLoss(nn.Module):
         return AffectLossOutput(total, *terms)
 
 
-class _ContrastiveFunction(torch.autograd.Function):
-    """Normalised embeddings in, the terms (L_mc, L_mt, L_it) out; gradients to z, t, scale and margin."""
+# The kernels as torch.library custom ops: torch.compile keeps them in its graph (through their fake
+# implementations, which only compute output shapes) and differentiates through the backward op.
 
-    @staticmethod
-    def forward(ctx, z, image_labels, t, text_labels, scale, margin, num_classes, multiview_terms):
-        z, t = z.detach(), t.detach()  # DLPack refuses tensors that require gradients
-        layout = extension().contrastive_layout()
-        n, m = len(z), len(t)
-        f64 = dict(dtype=torch.float64, device=z.device)
-        i64 = dict(dtype=torch.int64, device=z.device)
-        scale_and_margin = torch.stack([scale.detach(), margin.detach()]).to(**f64)
-        saved = (
-            torch.empty(layout["image_stats"], n, **f64),
-            torch.empty(layout["text_stats"], m, **f64),
-            torch.empty(n, **i64),  # hardest positive
-            torch.empty(n, **i64),  # hardest negative
-            torch.empty(2, num_classes, **i64),  # class counts
-            torch.empty(layout["totals"], **f64),
-        )
-        extension().contrastive_forward(z, image_labels, t, text_labels, scale_and_margin, num_classes, *saved,
-                                        multiview_terms=multiview_terms, stream=_stream(z))
-        ctx.num_classes, ctx.multiview_terms = num_classes, multiview_terms
-        ctx.scale_dtype, ctx.margin_dtype = scale.dtype, margin.dtype
-        ctx.save_for_backward(z, image_labels, t, text_labels, scale_and_margin, *saved)
-        return saved[-1][: layout["loss_terms"]].to(_result_dtype(z), copy=True)  # not a view of saved data
+@torch.library.custom_op("affectvlm::contrastive_loss", mutates_args=())
+def _contrastive_op(z: torch.Tensor, image_labels: torch.Tensor, t: torch.Tensor, text_labels: torch.Tensor,
+                    scale_and_margin: torch.Tensor, num_classes: int,
+                    multiview_terms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised embeddings in; the terms (L_mc, L_mt, L_it) out, followed by the statistics the backward
+    reads (image_stats, text_stats, hardest_positive, hardest_negative, class_counts, totals)."""
+    _check_values(z, image_labels, t, text_labels, scale_and_margin, num_classes)
+    saved = _empty_saved(z, len(t), num_classes)
+    arrays = [x.detach() for x in (z, image_labels, t, text_labels, scale_and_margin)]  # DLPack refuses grads
+    with _on_device(z) as stream:
+        extension().contrastive_forward(*arrays[:5], num_classes, *saved, multiview_terms=multiview_terms,
+                                        stream=stream)
+    terms = saved[-1][: _layout()["loss_terms"]].to(_result_dtype(z), copy=True)  # not a view of saved data
+    return (terms, *saved)
 
-    @staticmethod
-    def backward(ctx, term_gradients):
-        z, image_labels, t, text_labels, scale_and_margin, *saved = ctx.saved_tensors
-        grad_dtype = _result_dtype(z)  # the kernels accumulate float16/bfloat16 gradients in float32
-        image_grad = torch.empty_like(z, dtype=grad_dtype)
-        text_grad = torch.empty_like(t, dtype=grad_dtype)
-        scalar_grads = torch.empty(2, dtype=torch.float64, device=z.device)
+
+@_contrastive_op.register_fake
+def _(z, image_labels, t, text_labels, scale_and_margin, num_classes, multiview_terms):
+    terms = z.new_empty(_layout()["loss_terms"], dtype=_result_dtype(z))
+    return (terms, *_empty_saved(z, t.shape[0], num_classes))
+
+
+@torch.library.custom_op("affectvlm::contrastive_loss_backward", mutates_args=())
+def _contrastive_backward_op(z: torch.Tensor, image_labels: torch.Tensor, t: torch.Tensor,
+                             text_labels: torch.Tensor, scale_and_margin: torch.Tensor, num_classes: int,
+                             multiview_terms: bool, image_stats: torch.Tensor, text_stats: torch.Tensor,
+                             hardest_positive: torch.Tensor, hardest_negative: torch.Tensor,
+                             class_counts: torch.Tensor, totals: torch.Tensor,
+                             term_gradients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of sum(term_gradients * terms) w.r.t. z, t and (scale, margin)."""
+    grad_dtype = _result_dtype(z)  # the kernels accumulate float16/bfloat16 gradients in float32
+    image_grad = torch.empty_like(z, dtype=grad_dtype)
+    text_grad = torch.empty_like(t, dtype=grad_dtype)
+    scale_and_margin_grad = torch.empty(2, dtype=torch.float64, device=z.device)
+    # The kernels write each row's share of the scale gradient into a row of image_stats (kScaleGradient in
+    # csrc/contrastive/contrastive.h); the copy, O(N), leaves the op's inputs as they were.
+    saved = (image_stats.clone(), text_stats, hardest_positive, hardest_negative, class_counts, totals)
+    arrays = [x.detach() for x in (z, image_labels, t, text_labels, scale_and_margin, *saved)]
+    with _on_device(z) as stream:
         extension().contrastive_backward(
-            z, image_labels, t, text_labels, scale_and_margin, ctx.num_classes, *saved,
-            term_gradients.to(torch.float64).contiguous(), image_grad, text_grad, scalar_grads,
-            multiview_terms=ctx.multiview_terms, stream=_stream(z),
+            *arrays[:5], num_classes, *arrays[5:], term_gradients.detach().to(torch.float64).contiguous(),
+            image_grad, text_grad, scale_and_margin_grad, multiview_terms=multiview_terms, stream=stream,
         )
-        return (image_grad.to(z.dtype), None, text_grad.to(t.dtype), None, scalar_grads[0].to(ctx.scale_dtype),
-                scalar_grads[1].to(ctx.margin_dtype), None, None)
+    return image_grad.to(z.dtype), text_grad.to(t.dtype), scale_and_margin_grad
+
+
+@_contrastive_backward_op.register_fake
+def _(z, image_labels, t, text_labels, scale_and_margin, num_classes, multiview_terms, *saved_and_gradients):
+    return torch.empty_like(z), torch.empty_like(t), scale_and_margin.new_empty(2)
+
+
+def _save_for_backward(ctx, inputs, output):
+    z, image_labels, t, text_labels, scale_and_margin, num_classes, multiview_terms = inputs
+    ctx.num_classes, ctx.multiview_terms = num_classes, multiview_terms
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(z, image_labels, t, text_labels, scale_and_margin, *output[1:])
+
+
+def _backward(ctx, term_gradients, *statistics_gradients):
+    z, image_labels, t, text_labels, scale_and_margin, *saved = ctx.saved_tensors
+    image_grad, text_grad, scale_and_margin_grad = _contrastive_backward_op(
+        z, image_labels, t, text_labels, scale_and_margin, ctx.num_classes, ctx.multiview_terms, *saved,
+        term_gradients)
+    return image_grad, None, text_grad, None, scale_and_margin_grad, None, None
+
+
+_contrastive_op.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+@functools.cache
+def _layout() -> dict[str, int]:
+    return extension().contrastive_layout()
+
+
+def _empty_saved(z: torch.Tensor, num_texts, num_classes: int) -> tuple[torch.Tensor, ...]:
+    layout, n = _layout(), z.shape[0]
+    f64 = dict(dtype=torch.float64, device=z.device)
+    i64 = dict(dtype=torch.int64, device=z.device)
+    return (
+        # zeros: the forward leaves the row the backward works in (kScaleGradient) unwritten
+        torch.zeros(layout["image_stats"], n, **f64),
+        torch.empty(layout["text_stats"], num_texts, **f64),
+        torch.empty(n, **i64),  # hardest positive
+        torch.empty(n, **i64),  # hardest negative
+        torch.empty(2, num_classes, **i64),  # class counts
+        torch.empty(layout["totals"], **f64),
+    )
 
 
 def _result_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
-def _stream(tensor: torch.Tensor) -> int:
-    return torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0
+@contextlib.contextmanager
+def _on_device(tensor: torch.Tensor):
+    """Enters the tensor's CUDA device and yields the stream the kernel runs on (0 on the CPU)."""
+    if not tensor.is_cuda:
+        yield 0
+        return
+    with torch.cuda.device(tensor.device):
+        yield torch.cuda.current_stream().cuda_stream
 
 
 def _checked(images, image_labels, texts, text_labels):
@@ -180,10 +236,20 @@ def _checked(images, image_labels, texts, text_labels):
         raise TypeError(f"texts must have the dtype and device of images ({images.dtype}, {images.device}), "
                         f"got {texts.dtype}, {texts.device}")
     _require_labels(text_labels, "text_labels", len(texts), images.device)
-    for tensor, name in ((images, "images"), (texts, "texts")):
+    return images, image_labels, texts, text_labels
+
+
+def _check_values(z, image_labels, t, text_labels, scale_and_margin, num_classes):
+    """The checks that read values. They run inside the op, where torch.compile does not trace, so that
+    compiled callers are checked too. Embeddings normalised from non-finite ones are non-finite."""
+    for tensor, name in ((z, "images"), (t, "texts")):
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{name} must be finite, got NaN or inf")
-    return images, image_labels, texts, text_labels
+    _check_label_range(image_labels, "image_labels", num_classes)
+    _check_label_range(text_labels, "text_labels", num_classes)
+    if z.is_cuda and abs(scale := scale_and_margin[0].item()) > MAX_CUDA_LOGIT_SCALE:
+        raise ValueError(f"scale must lie in [-{MAX_CUDA_LOGIT_SCALE:g}, {MAX_CUDA_LOGIT_SCALE:g}] on the GPU, "
+                         f"got {scale:g}")
 
 
 def _require_labels(labels, name, length, device):

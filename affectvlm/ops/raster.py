@@ -1,8 +1,11 @@
 """Batched mesh-to-multiview rendering: B meshes x K cameras -> float32 images (B, K, C, H, W).
 
-CPU tensors run the C++ kernel, CUDA tensors the CUDA kernel on the current stream, and where the compiled
-extension is missing the pure-PyTorch reference (`affectvlm.ops.reference`) renders the same images. Pixel,
-depth and fill conventions are documented in csrc/raster/raster_common.h and the README's Rendering section.
+CPU tensors run the C++ kernel, CUDA tensors the CUDA kernel on the current stream, and where a build has no
+CUDA kernels the pure-PyTorch reference (`affectvlm.ops.reference`) renders the same images. The kernel call is
+the torch.library custom op `torch.ops.affectvlm.render_views` (no gradient), so torch.compile keeps it in its
+graph. The channels' names and widths come from the compiled module (`CHANNEL_WIDTHS`), so rendering needs it,
+on the reference too. Pixel, depth and fill conventions are documented in csrc/raster/raster_common.h and the
+README's Rendering section.
 
 Channels, in the order asked for:
 - "depth" (1): distance from the camera along its axis, normalised per view over the covered pixels:
@@ -25,7 +28,16 @@ import torch
 from affectvlm.geometry.cameras import Cameras
 from affectvlm.ops.checks import require_tensor, value_range
 
-CHANNEL_WIDTHS = {"depth": 1, "normal": 3, "shading": 1, "mask": 1, "attributes": None}
+
+def _kernel_channel_widths() -> dict[str, int | None]:
+    """The kernels' table of channels (kChannels in csrc/raster/raster.h): {name: image planes, None for one
+    per attribute}. Empty without the compiled module, where channel_layout says why."""
+    from affectvlm._ext import IMPORT_ERROR, extension
+
+    return {} if IMPORT_ERROR else extension().raster_channels()
+
+
+CHANNEL_WIDTHS = _kernel_channel_widths()
 DEFAULT_CHANNELS = ("depth", "normal", "shading", "mask")
 DEFAULT_LIGHT = (0.3, 0.4, 1.0)
 BACKENDS = ("auto", "kernel", "reference")
@@ -84,45 +96,88 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     light = (light / light.norm()).tolist()
     normals = vertex_normals(batch, backend) if {"normal", "shading"} & set(layout) else None
 
-    num_channels = sum(s.stop - s.start for s in layout.values())
-    device = batch.vertices.device
-    shape = (batch.num_meshes, world_to_clip.shape[1])
-    use_kernel = _use_kernel(backend, device)
-    images = torch.empty(*shape, num_channels, height, width, device=device)
-    # The CPU kernel needs no triangle ids of its own: they cost a second image's worth of memory traffic.
-    needs_ids = return_fragments or not use_kernel or device.type != "cpu"
-    triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device) if needs_ids else None
-    barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
-    arguments = dict(channels=list(layout), normals=normals, attributes=attributes, barycentrics=barycentrics,
-                     normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light,
-                     ambient=float(ambient))
-    if use_kernel:
-        _render_with_kernel(batch, world_to_clip, world_to_view, images, triangle_ids, arguments)
+    options = dict(normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light,
+                   ambient=float(ambient))
+    if _use_kernel(backend, batch.vertices.device):
+        images, triangle_ids, barycentrics = torch.ops.affectvlm.render_views(
+            batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, normals, attributes,
+            list(layout), height, width, **options, return_triangle_ids=return_fragments,
+            return_barycentrics=return_barycentrics)
     else:
         from affectvlm.ops.reference import render_views_reference
 
+        device = batch.vertices.device
+        shape = (batch.num_meshes, world_to_clip.shape[1])
+        images = torch.empty(*shape, _num_channels(layout), height, width, device=device)
+        triangle_ids = torch.empty(*shape, height, width, dtype=torch.int32, device=device)
+        barycentrics = torch.empty(*shape, 3, height, width, device=device) if return_barycentrics else None
         render_views_reference(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                               triangle_ids, **arguments)
+                               triangle_ids, channels=list(layout), normals=normals, attributes=attributes,
+                               barycentrics=barycentrics, **options)
     if return_fragments:
-        return images, Fragments(triangle_ids, barycentrics)
+        return images, Fragments(triangle_ids, barycentrics if return_barycentrics else None)
     return images
 
 
-def _render_with_kernel(batch: MeshBatch, world_to_clip, world_to_view, images, triangle_ids, arguments) -> None:
+# The kernel as a torch.library custom op, so that torch.compile keeps it in its graph. Renders are inputs
+# to a model: the op has no gradient. Fragments not asked for come back as empty tensors.
+@torch.library.custom_op(
+    "affectvlm::render_views", mutates_args=(),
+    schema="(Tensor vertices, Tensor faces, Tensor meshes, Tensor world_to_clip, Tensor world_to_view, "
+           "Tensor? normals, Tensor? attributes, str[] channels, SymInt height, SymInt width, "
+           "bool normalise_depth, bool cull_backfaces, float[] light, float ambient, bool return_triangle_ids, "
+           "bool return_barycentrics) -> (Tensor, Tensor, Tensor)")
+def _render_views_op(vertices, faces, meshes, world_to_clip, world_to_view, normals, attributes, channels, height,
+                     width, normalise_depth, cull_backfaces, light, ambient, return_triangle_ids,
+                     return_barycentrics):
     from affectvlm._ext import extension
 
-    device = batch.vertices.device
+    images, triangle_ids, barycentrics = _empty_renders(vertices, meshes, world_to_clip, attributes, channels,
+                                                        height, width, return_triangle_ids, return_barycentrics)
+    # DLPack refuses tensors that require gradients.
+    inputs = [x.detach() for x in (vertices, faces, meshes, world_to_clip, world_to_view)]
+    normals, attributes = (None if x is None else x.detach() for x in (normals, attributes))
+    options = dict(channels=channels, normals=normals, attributes=attributes, normalise_depth=normalise_depth,
+                   cull_backfaces=cull_backfaces, light=light, ambient=ambient,
+                   barycentrics=barycentrics if return_barycentrics else None)
+    device = vertices.device
     if device.type != "cuda":
-        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                                 triangle_ids, num_threads=torch.get_num_threads(), **arguments)
-        return
+        # The CPU kernel needs no triangle ids of its own: they cost a second image's worth of memory traffic.
+        extension().render_views(*inputs, images, triangle_ids if return_triangle_ids else None, **options,
+                                 num_threads=torch.get_num_threads())
+        return images, triangle_ids, barycentrics
     # pack_meshes built and checked the mesh rows and faces; the CUDA kernel trusts them, as the binding
     # cannot read GPU memory.
-    zbuffer = torch.empty(triangle_ids.shape, dtype=torch.int64, device=device)
+    kernel_ids = triangle_ids if return_triangle_ids else images.new_empty(_id_shape(images), dtype=torch.int32)
+    zbuffer = torch.empty(kernel_ids.shape, dtype=torch.int64, device=device)
     with torch.cuda.device(device):
-        extension().render_views(batch.vertices, batch.faces, batch.meshes, world_to_clip, world_to_view, images,
-                                 triangle_ids, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream,
-                                 **arguments)
+        extension().render_views(*inputs, images, kernel_ids, zbuffer=zbuffer, **options,
+                                 stream=torch.cuda.current_stream().cuda_stream)
+    return images, triangle_ids, barycentrics
+
+
+@_render_views_op.register_fake
+def _(vertices, faces, meshes, world_to_clip, world_to_view, normals, attributes, channels, height, width,
+      normalise_depth, cull_backfaces, light, ambient, return_triangle_ids, return_barycentrics):
+    return _empty_renders(vertices, meshes, world_to_clip, attributes, channels, height, width, return_triangle_ids,
+                          return_barycentrics)
+
+
+def _empty_renders(vertices, meshes, world_to_clip, attributes, channels, height, width, return_triangle_ids,
+                   return_barycentrics) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The op's outputs, unfilled: images (B, K, C, H, W), triangle ids (B, K, H, W) and barycentrics
+    (B, K, 3, H, W), the last two empty unless asked for."""
+    num_channels = _num_channels(channel_layout(channels, attributes.shape[1] if attributes is not None else 0))
+    images = vertices.new_empty(meshes.shape[0], world_to_clip.shape[1], num_channels, height, width,
+                                dtype=torch.float32)
+    triangle_ids = vertices.new_empty(_id_shape(images) if return_triangle_ids else (0,), dtype=torch.int32)
+    barycentrics = vertices.new_empty(_id_shape(images)[:2] + (3, height, width) if return_barycentrics else (0,),
+                                      dtype=torch.float32)
+    return images, triangle_ids, barycentrics
+
+
+def _id_shape(images: torch.Tensor) -> tuple:
+    return (*images.shape[:2], *images.shape[3:])
 
 
 def pack_meshes(vertices, faces) -> MeshBatch:
@@ -173,8 +228,16 @@ def vertex_normals(batch: MeshBatch, backend: str = "auto") -> torch.Tensor:
     return vertex_normals_reference(batch.vertices, batch.faces, batch.meshes)
 
 
+def _num_channels(layout: dict[str, slice]) -> int:
+    return sum(s.stop - s.start for s in layout.values())
+
+
 def channel_layout(channels, num_attributes: int = 0) -> dict[str, slice]:
     """Where each named channel lies in the C dimension of the images."""
+    if not CHANNEL_WIDTHS:
+        from affectvlm._ext import IMPORT_ERROR
+
+        raise ImportError(f"the rasteriser's channels come from its compiled module: {IMPORT_ERROR}")
     layout, start = {}, 0
     for name in channels:
         if name not in CHANNEL_WIDTHS:

@@ -226,10 +226,10 @@ def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view
     """Fill images (B, K, C, H, W), triangle_ids (B, K, H, W) and optionally barycentrics (B, K, 3, H, W) as
     `_C.render_views` does."""
     num_meshes, num_views, _, height, width = images.shape
-    layout, start = {}, 0
-    for name in channels:
-        layout[name] = start
-        start += 3 if name == "normal" else attributes.shape[1] if name == "attributes" else 1
+    from affectvlm.ops.raster import channel_layout
+
+    num_attributes = attributes.shape[1] if attributes is not None else 0
+    layout = {name: planes.start for name, planes in channel_layout(channels, num_attributes).items()}
     images.zero_()
     triangle_ids.fill_(-1)
     if barycentrics is not None:

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "common.h"
 #include "contrastive/contrastive.h"
 #include "tensor.h"
 
@@ -92,8 +93,8 @@ SavedArguments contrastive_saved(const Inputs& in, Device device, py::handle ima
   return {std::move(v), saved};
 }
 
-[[noreturn]] void no_cuda_kernels() {
-  throw py::value_error("the arrays are on a CUDA device but this build of affectvlm has no CUDA kernels");
+[[noreturn]] void no_cuda_kernels(Device device) {
+  throw py::value_error(no_cuda_kernels_message("the arrays are on " + device_name(device)));
 }
 
 }  // namespace
@@ -112,7 +113,7 @@ void contrastive_forward(py::handle images, py::handle image_labels, py::handle 
   forward_cuda(args.inputs, out.saved, stream);
 #else
   (void)stream;
-  no_cuda_kernels();
+  no_cuda_kernels(args.device);
 #endif
 }
 
@@ -140,7 +141,7 @@ void contrastive_backward(py::handle images, py::handle image_labels, py::handle
   backward_cuda(args.inputs, in.saved, grad, stream);
 #else
   (void)stream;
-  no_cuda_kernels();
+  no_cuda_kernels(args.device);
 #endif
 }
 

@@ -5,13 +5,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common.h"
 #include "contrastive/contrastive.h"
-
-#ifdef __CUDACC__
-#define AFFECTVLM_HOST_DEVICE __host__ __device__
-#else
-#define AFFECTVLM_HOST_DEVICE
-#endif
 
 namespace affectvlm::contrastive {
 

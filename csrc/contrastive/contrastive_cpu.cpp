@@ -67,9 +67,6 @@ void pack_columns_transposed(const T* b, int64_t begin, int64_t count, int64_t d
   }
 }
 
-// Bodies are force-inlined so that each compiled clone below gets its own vectorised copy.
-#define AFFECTVLM_INLINE inline __attribute__((always_inline))
-
 // Register blocking with GCC/Clang vector types of kBytes: a 6-row × 2-vector block of accumulators stays
 // in registers while the loop walks the shared dimension: 32-byte vectors for the 16 AVX2 registers, 16-byte
 // ones for the 16 SSE2 registers (32-byte vectors there would need 24 and spill).
@@ -80,13 +77,14 @@ struct Simd {
   static constexpr int kWidth = 2 * kLanes;  // columns per register block
 
   // By reference: passing vectors by value would depend on the build's ABI.
-  static AFFECTVLM_INLINE void load(Vector& v, const T* p) { std::memcpy(&v, p, sizeof(v)); }
-  static AFFECTVLM_INLINE void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
+  static AFFECTVLM_FORCE_INLINE void load(Vector& v, const T* p) { std::memcpy(&v, p, sizeof(v)); }
+  static AFFECTVLM_FORCE_INLINE void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
-// dots = rows · columnsᵀ for a full (zero-padded) 120 × 64 tile; `columns` is transposed (dim × 64).
+// dots = rows · columnsᵀ for a full (zero-padded) 120 × 64 tile; `columns` is transposed (dim × 64). This body
+// and the next are force-inlined so that each compiled clone below gets its own vectorised copy.
 template <typename T, int kBytes>
-AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
+AFFECTVLM_FORCE_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t dim, T* dots) {
   using S = Simd<T, kBytes>;
   using V = typename S::Vector;
   for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {
@@ -112,8 +110,8 @@ AFFECTVLM_INLINE void tile_dots_body(const T* rows, const T* columns, int64_t di
 
 // gradients[r] += sum_c coefficients[r][c] * b[c] over the tile's real columns (b holds rows of B).
 template <typename T, int kBytes>
-AFFECTVLM_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t columns, int64_t dim,
-                                      T* gradients) {
+AFFECTVLM_FORCE_INLINE void accumulate_body(const T* coefficients, const T* b, int64_t columns, int64_t dim,
+                                            T* gradients) {
   using S = Simd<T, kBytes>;
   using V = typename S::Vector;
   for (int r0 = 0; r0 < kBlockRows; r0 += kMicroRows) {

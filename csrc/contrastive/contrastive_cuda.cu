@@ -751,11 +751,7 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(std::string("contrastive loss: ") + what + " failed: " + cudaGetErrorString(status));
-  }
-}
+void check(cudaError_t status, const char* step) { check_cuda(status, "contrastive loss", step); }
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 

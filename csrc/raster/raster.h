@@ -26,17 +26,33 @@ struct RasterParams {
   int64_t face_rows = 0;  // rows of `faces`: a bound on every mesh's face_count
   bool cameras_per_mesh = false;  // matrices (B, K, 4, 4) rather than (1, K, 4, 4) shared by all meshes
   bool cull_backfaces = false;
-  // Where each channel starts in the C channels of an image, -1 when not rendered.
+  // Where each channel starts in the C channels of an image, -1 when not rendered; kChannels gives widths.
   int num_channels = 0;
-  int depth_channel = -1;      // 1 channel: view-space distance, normalised per view (normalised_depth)
+  int depth_channel = -1;      // view-space distance, normalised per view (normalised_depth)
   bool normalise_depth = true;  // false leaves the distance itself
-  int normal_channel = -1;     // 3 channels: unit camera-space normal interpolated from vertex normals
-  int shading_channel = -1;    // 1 channel: ambient + (1 - ambient) * max(0, normal . light)
-  int mask_channel = -1;       // 1 channel: 1 where a triangle covers the pixel
-  int attribute_channel = -1;  // num_attributes channels interpolated from per-vertex attributes
+  int normal_channel = -1;     // unit camera-space normal interpolated from vertex normals
+  int shading_channel = -1;    // ambient + (1 - ambient) * max(0, normal . light)
+  int mask_channel = -1;       // 1 where a triangle covers the pixel
+  int attribute_channel = -1;  // interpolated per-vertex attributes
   int num_attributes = 0;
   float light[3] = {0.0f, 0.0f, 1.0f};  // unit direction towards the light, camera space
   float ambient = 0.0f;
+};
+
+// The channels by name, in the order the Python API lists them (`_C.raster_channels()`): how many image
+// planes each takes, and which field of RasterParams records where it starts. The one source of both.
+struct Channel {
+  const char* name;
+  int width;  // kPerAttribute: one plane per attribute
+  int RasterParams::*start;
+};
+constexpr int kPerAttribute = 0;
+inline constexpr Channel kChannels[] = {
+    {"depth", 1, &RasterParams::depth_channel},
+    {"normal", 3, &RasterParams::normal_channel},
+    {"shading", 1, &RasterParams::shading_channel},
+    {"mask", 1, &RasterParams::mask_channel},
+    {"attributes", kPerAttribute, &RasterParams::attribute_channel},
 };
 
 // Pointers on the device that runs the kernel; row-major contiguous arrays.

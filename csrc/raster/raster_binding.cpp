@@ -1,8 +1,11 @@
 #include "raster/raster_binding.h"
 
+#include <algorithm>
+#include <iterator>
 #include <optional>
 #include <thread>
 
+#include "common.h"
 #include "raster/raster.h"
 #include "tensor.h"
 
@@ -14,22 +17,25 @@ namespace {
 
 constexpr int64_t kMaxImageSide = 16384;
 
+std::string channel_names() {
+  std::string names;
+  for (const Channel& channel : kChannels) names += (names.empty() ? "" : ", ") + std::string(channel.name);
+  return names;
+}
+
 // Channel names in the order given; each starts where the previous one ends.
 void plan_channels(const std::vector<std::string>& channels, int num_attributes, RasterParams* p) {
   int next = 0;
-  auto place = [&](const std::string& name, int* slot, int width) {
-    if (*slot >= 0) throw py::value_error("channels: '" + name + "' is listed twice");
-    *slot = next;
-    next += width;
-  };
   for (const std::string& name : channels) {
-    if (name == "depth") place(name, &p->depth_channel, 1);
-    else if (name == "normal") place(name, &p->normal_channel, 3);
-    else if (name == "shading") place(name, &p->shading_channel, 1);
-    else if (name == "mask") place(name, &p->mask_channel, 1);
-    else if (name == "attributes") place(name, &p->attribute_channel, num_attributes);
-    else throw py::value_error("channels: unknown channel '" + name +
-                               "'; expected depth, normal, shading, mask or attributes");
+    const Channel* channel = std::find_if(std::begin(kChannels), std::end(kChannels),
+                                          [&](const Channel& c) { return name == c.name; });
+    if (channel == std::end(kChannels)) {
+      throw py::value_error("channels: unknown channel '" + name + "'; expected one of " + channel_names());
+    }
+    int& start = p->*(channel->start);
+    if (start >= 0) throw py::value_error("channels: '" + name + "' is listed twice");
+    start = next;
+    next += channel->width == kPerAttribute ? num_attributes : channel->width;
   }
   p->num_channels = next;
   p->num_attributes = p->attribute_channel >= 0 ? num_attributes : 0;
@@ -203,9 +209,16 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
   render_views_cuda(p, in, out, reinterpret_cast<void*>(stream));
 #else
   (void)stream;
-  throw py::value_error("vertices are on " + device_name(device) +
-                        " but this build of affectvlm has no CUDA kernels; reinstall with nvcc available");
+  throw py::value_error(no_cuda_kernels_message("vertices are on " + device_name(device)));
 #endif
+}
+
+py::dict raster_channels() {
+  py::dict widths;
+  for (const Channel& channel : kChannels) {
+    widths[channel.name] = channel.width == kPerAttribute ? py::none() : py::object(py::int_(channel.width));
+  }
+  return widths;
 }
 
 void vertex_normals_binding(py::handle vertices_obj, py::handle faces_obj, py::handle meshes_obj,

@@ -18,6 +18,9 @@ void render_views_binding(pybind11::handle vertices, pybind11::handle faces, pyb
                           pybind11::object zbuffer, bool normalise_depth, bool cull_backfaces,
                           std::array<float, 3> light, float ambient, int num_threads, uintptr_t stream);
 
+// `_C.raster_channels`: {name: number of image planes, None for one per attribute}, from kChannels (raster.h).
+pybind11::dict raster_channels();
+
 // `_C.vertex_normals`: the CPU normals of packed meshes (see raster.h); GPU batches use torch.
 void vertex_normals_binding(pybind11::handle vertices, pybind11::handle faces, pybind11::handle meshes,
                             pybind11::handle normals, int num_threads);

@@ -20,13 +20,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common.h"
 #include "raster/raster.h"
-
-#ifdef __CUDACC__
-#define AFFECTVLM_HD __host__ __device__ __forceinline__
-#else
-#define AFFECTVLM_HD inline __attribute__((always_inline))
-#endif
 
 namespace affectvlm {
 namespace raster {

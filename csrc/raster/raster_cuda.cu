@@ -9,8 +9,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <stdexcept>
-#include <string>
 
 #include "raster/raster.h"
 #include "raster/raster_common.h"
@@ -125,11 +123,7 @@ __global__ void normalise_depth_kernel(RasterParams p, RasterOutputs out) {
   }
 }
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(std::string("render_views: ") + what + " failed: " + cudaGetErrorString(status));
-  }
-}
+void check(cudaError_t status, const char* step) { check_cuda(status, "render_views", step); }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
