@@ -1,0 +1,287 @@
+"""Wiring: process group, data, model, loss, optimizer, checkpoints, then the loop. No training logic here."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from affectvlm.train.config import TrainConfig, add_arguments, validate
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+DIE_AT_STEP = "AFFECTVLM_TEST_DIE_AT_STEP"  # fault injection for the restart tests: "STEP" or "STEP:RANK"
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m affectvlm.train") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Train AffectVLM on a dataset folder, a render or "
+                                     "mesh cache, or (with no data) on generated synthetic faces.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig.from_args(args)
+        validate(config)
+    except ValueError as error:
+        parser.error(str(error))
+    return run(config)
+
+
+def run(config: TrainConfig) -> int:
+    from affectvlm.data.datasets import DatasetError
+    from affectvlm.model.factory import ModelConfigError
+    from affectvlm.train.checkpoint import CheckpointError
+
+    runtime = start_runtime(config)
+    try:
+        accuracy = train_and_evaluate(config, runtime)
+    except (CheckpointError, DatasetError, ModelConfigError, ValueError, OSError) as error:
+        print(f"affectvlm train: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0 if accuracy is not None else 1
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start_runtime(config: TrainConfig) -> Runtime:
+    """Join the process group that torchrun describes in the environment (gloo on CPUs, NCCL on GPUs)."""
+    wanted = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if "RANK" not in os.environ:
+        return Runtime(0, 1, torch.device(wanted))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if wanted.startswith("cuda") else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(dist.get_rank(), dist.get_world_size(), device)
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.world_size > 1:
+        dist.barrier()
+
+
+def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
+    from tqdm import tqdm
+
+    from affectvlm.data.emotions import EMOTIONS
+    from affectvlm.ops.contrastive import AffectLoss
+    from affectvlm.train import checkpoint as ckpt
+    from affectvlm.train.loop import MetricsLog, Schedule, TrainModule, TrainState, parameter_groups, train
+
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    resume = resume_path(config)
+    stored = ckpt.load_checkpoint(resume) if resume else None
+
+    model, bank = build_model_and_prompts(config, stored)
+    source, train_ids, test_ids, subjects = prepare_data(config, runtime, image_size=model.image_size)
+    classes = tuple(name for name in EMOTIONS if any(source.samples[i].emotion == name for i in train_ids))
+    model.set_classes(classes)
+    train_pipeline, eval_pipeline = make_pipelines(config, runtime, source, train_ids, test_ids, model)
+    amp = torch.bfloat16 if config.amp and runtime.device.type == "cuda" else None
+    train_module = TrainModule(model, AffectLoss(len(EMOTIONS), weights=config.loss_weights), amp)
+    train_module.to(runtime.device)
+    optimizer = torch.optim.AdamW(parameter_groups(train_module, config.weight_decay), lr=config.lr)
+    names = {parameter: name for name, parameter in train_module.named_parameters()}
+
+    steps_per_epoch = -(-train_pipeline.steps_per_epoch // config.accumulate)
+    total_steps = min(config.max_steps or sys.maxsize, config.epochs * steps_per_epoch)
+    schedule = Schedule(config.epochs, total_steps, config.lr, config.warmup, config.accumulate, config.seed,
+                        config.checkpoint_every, config.log_every)
+    static_info = {"model": model.config_dict(), "classes": list(classes), "prompts": bank.as_dict(),
+                   "data": {**train_pipeline.settings(), "train_subjects": subjects["train"],
+                            "test_subjects": subjects["test"]},
+                   "world_size": runtime.world_size, "config": config.as_dict()}
+
+    state = TrainState()
+    if stored is not None:
+        require_resumable(stored, static_info, config)
+        ckpt.load_module_state(train_module, stored, "module.")
+        ckpt.load_optimizer_state(optimizer, names, stored)
+        state = TrainState(**stored.info["training"])
+        own_rng = stored.with_prefix(f"rng.{runtime.rank}.")
+        if own_rng:
+            ckpt.set_rng_state(own_rng)
+        if runtime.is_main:
+            print(f"resumed from {resume} at epoch {state.epoch}, step {state.step} "
+                  f"({state.global_step} optimizer steps done)")
+
+    def save(state: TrainState, is_best: bool) -> None:
+        rng = ckpt.all_rng_states()  # collective: every rank takes part
+        if not runtime.is_main:
+            return
+        tensors = {f"module.{name}": tensor for name, tensor in train_module.state_dict().items()}
+        optimizer_tensors, optimizer_info = ckpt.optimizer_state(optimizer, names)
+        tensors.update(optimizer_tensors)
+        tensors.update({f"rng.{name}": tensor for name, tensor in rng.items()})
+        paths = [out / LAST] + ([out / BEST] if is_best else [])
+        ckpt.save_checkpoint(paths, tensors, {**static_info, "training": state.as_dict(), "optimizer": optimizer_info})
+
+    module = train_module
+    if runtime.world_size > 1:
+        module = torch.nn.parallel.DistributedDataParallel(
+            train_module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if config.compile:
+        module = torch.compile(module)
+
+    log = MetricsLog(out / "metrics.jsonl" if runtime.is_main else None)
+    progress = tqdm(total=total_steps, initial=state.global_step, unit="step", desc="train",
+                    disable=not (config.progress and runtime.is_main))
+    trace = out / f"samples-rank{runtime.rank}.jsonl" if config.trace_samples else None
+    state = train(module, train_module, optimizer, train_pipeline, eval_pipeline, bank, schedule, state, save=save,
+                  log=log, progress=progress, sample_trace=trace, after_step=fault_injection(runtime))
+    progress.close()
+    final = next((r for r in reversed(log.records) if r["kind"] == "eval"), None)
+    if runtime.is_main and final is not None:
+        log.plot(out / "curves.png")
+        print(f"held-out accuracy: {final['accuracy']:.1%} on {final['samples']} samples of "
+              f"{len(subjects['test'])} held-out subjects (fold {config.fold} of {config.folds}; chance "
+              f"{1 / len(classes):.1%}); checkpoints in {out}")
+    return final["accuracy"] if final is not None else state.best_metric
+
+
+def resume_path(config: TrainConfig) -> Path | None:
+    """The checkpoint to continue from: --resume, or OUT/last.safetensors with --resume auto or when torchrun
+    restarts a failed worker group (TORCHELASTIC_RESTART_COUNT > 0)."""
+    last = Path(config.out) / LAST
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if config.resume in (None, "auto"):
+        return last if (config.resume == "auto" or restarted) and last.is_file() else None
+    return Path(config.resume)
+
+
+def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
+    from affectvlm.train.checkpoint import require_match
+
+    require_match(stored, "the model config", static_info["model"], stored.info["model"])
+    require_match(stored, "the label set", static_info["classes"], stored.info["classes"])
+    require_match(stored, "the data and render settings", static_info["data"], stored.info["data"])
+    for key in ("seed", "batch_size", "accumulate"):
+        require_match(stored, f"--{key.replace('_', '-')}", getattr(config, key), stored.info["config"][key])
+    require_match(stored, "the number of processes", static_info["world_size"], stored.info["world_size"])
+
+
+def build_model_and_prompts(config: TrainConfig, stored):
+    from affectvlm.model import PromptBank, build_model
+
+    if stored is not None:
+        bank = PromptBank.from_dict(stored.info["prompts"])
+    else:
+        bank = PromptBank.default()
+        if config.prompts:
+            bank = bank.extended(config.prompts)
+    model = build_model(model_spec(config), config.pretrained, view_fusion=config.view_fusion)
+    return model, bank
+
+
+def model_spec(config: TrainConfig):
+    """The --model name or file, with the vision tower's image size replaced when --image-size is given."""
+    if config.image_size is None:
+        return config.model
+    from affectvlm.model.factory import create_clip
+
+    spec = create_clip(config.model).config
+    spec = json.loads(json.dumps(spec))
+    spec["model_cfg"]["vision_cfg"]["image_size"] = config.image_size
+    return spec
+
+
+def prepare_data(config: TrainConfig, runtime: Runtime, image_size: int):
+    """The views source and the subject-independent split: (source, train ids, held-out ids, subjects)."""
+    from affectvlm.data.splits import subject_kfold
+
+    source = open_source(config, runtime, image_size)
+    folds = subject_kfold(source.samples, config.folds, seed=config.seed)
+    fold = folds[config.fold]
+    test_subjects = set(fold.test_subjects)
+    subjects = {"train": sorted({source.samples[i].subject for i in fold.train}),
+                "test": sorted(test_subjects)}
+    return source, list(fold.train), list(fold.test), subjects
+
+
+def open_source(config: TrainConfig, runtime: Runtime, image_size: int):
+    """A render cache (default) or a mesh cache for the data, built under the cache folder on rank 0 first."""
+    from affectvlm.data.cache import INDEX_FILE, RenderSettings, render_dataset
+    from affectvlm.data.pipeline import CachedViews, OnlineViews
+    from affectvlm.data.views import CameraJitter
+
+    cache = Path(config.cache_dir or Path(config.out) / "cache")
+    data = Path(config.data) if config.data else synthetic_dataset(config, runtime, cache)
+    if (data / INDEX_FILE).is_file() or is_mesh_cache(data):
+        from affectvlm.data.pipeline import open_views
+
+        return open_views(data, **online_options(config, runtime))
+    if config.source == "online":
+        from affectvlm.data.mesh_cache import build_mesh_cache
+
+        mesh_cache = cache / f"mesh-{_digest(data.resolve())}"
+        if runtime.is_main:
+            build_mesh_cache(data, mesh_cache)
+        barrier(runtime)
+        return OnlineViews(mesh_cache, config.views, image_size, config.recipe or default_recipe(),
+                           CameraJitter(**config.jitter) if config.jitter else CameraJitter.none(), runtime.device)
+    settings = RenderSettings(views=config.views, size=image_size)
+    render_cache = cache / f"render-{_digest(data.resolve(), settings.as_dict())}"
+    if runtime.is_main:
+        render_dataset(data, render_cache, settings)
+    barrier(runtime)
+    return CachedViews(render_cache)
+
+
+def synthetic_dataset(config: TrainConfig, runtime: Runtime, cache: Path) -> Path:
+    """The built-in synthetic faces, generated once into the cache folder (into a temporary folder first, so
+    that an interrupted generation is never taken for a finished one)."""
+    from affectvlm.data.datasets import LABELS_FILE
+    from affectvlm.data.synthetic import generate_dataset
+
+    folder = cache / f"synthetic-{config.synthetic_subjects}-seed{config.seed}"
+    if runtime.is_main and not (folder / LABELS_FILE).is_file():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"generating {config.synthetic_subjects} synthetic subjects into {folder}")
+        generate_dataset(partial, config.synthetic_subjects, seed=config.seed)
+        os.replace(partial, folder)
+    barrier(runtime)
+    return folder
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps([str(p) if isinstance(p, Path) else p for p in parts],
+                                     sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fault_injection(runtime: Runtime):
+    """With AFFECTVLM_TEST_DIE_AT_STEP=STEP[:RANK], that rank (default 1) exits abruptly after optimizer step
+    STEP in the first attempt of a torchrun worker group: a real worker death for the restart tests."""
+    spec = os.environ.get(DIE_AT_STEP)
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return lambda step: None
+    step_text, _, rank_text = spec.partition(":")
+    die_step, die_rank = int(step_text), int(rank_text or 1)
+
+    def maybe_die(step: int) -> None:
+        if step == die_step and runtime.rank == die_rank:
+            os._exit(17)
+
+    return maybe_die
