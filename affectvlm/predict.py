@@ -60,7 +60,6 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
     stored = load_checkpoint(checkpoint)
     info = stored.info
     model = build_model(info["model"])
-    model.set_classes(tuple(info["classes"]))
     load_module_state(model, stored, "module.model.")
     device = torch.device(device)
     model.to(device).eval()
@@ -133,7 +132,7 @@ def embed_vertices(predictor: Predictor, vertices: list[torch.Tensor], faces: li
 
 def _classify(predictor: Predictor, embeddings: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return predictor.model.probabilities(embeddings, predictor.bank).cpu()
+        return predictor.model.logits(embeddings, predictor.bank).softmax(dim=-1).cpu()
 
 
 def _probabilities(predictor: Predictor, row: torch.Tensor) -> dict[str, float]:

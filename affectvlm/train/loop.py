@@ -35,12 +35,16 @@ class StepTerms(NamedTuple):
 
 class TrainModule(nn.Module):
     """The AffectVLM model and the AffectLoss (logit scale and margin) trained together, so that DDP keeps the
-    loss's parameters identical on every rank too."""
+    loss's parameters identical on every rank too.
+
+    The loss's log scale is the CLIP model's own `logit_scale` parameter (one tensor under both names): the
+    scale the contrastive loss learns is the one the model classifies with, and no parameter goes unused."""
 
     def __init__(self, model: nn.Module, loss: AffectLoss, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.loss.log_scale = model.clip.logit_scale
         self.autocast_dtype = autocast_dtype
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prompts: list[str]) -> StepTerms:

@@ -94,11 +94,13 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
     resume = resume_path(config)
     stored = ckpt.load_checkpoint(resume) if resume else None
 
-    model, bank = build_model_and_prompts(config, stored)
-    source, train_ids, test_ids, subjects = prepare_data(config, runtime, image_size=model.image_size)
-    classes = tuple(name for name in EMOTIONS if any(source.samples[i].emotion == name for i in train_ids))
-    model.set_classes(classes)
-    train_pipeline, eval_pipeline = make_pipelines(config, runtime, source, train_ids, test_ids, model)
+    data = dataset_folder(config, runtime)
+    classes = tuple(name for name in EMOTIONS if any(sample.emotion == name for sample in list_samples(data)))
+    model, bank = build_model_and_prompts(config, stored, classes)
+    source = open_source(config, runtime, data, model.image_size)
+    train_ids, test_ids, subjects = split_subjects(config, source.samples)
+    train_pipeline, eval_pipeline = make_pipelines(config, runtime, source, train_ids, test_ids,
+                                                   model.normalisation)
     amp = torch.bfloat16 if config.amp and runtime.device.type == "cuda" else None
     train_module = TrainModule(model, AffectLoss(len(EMOTIONS), weights=config.loss_weights), amp)
     train_module.to(runtime.device)
@@ -182,7 +184,7 @@ def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
     require_match(stored, "the number of processes", static_info["world_size"], stored.info["world_size"])
 
 
-def build_model_and_prompts(config: TrainConfig, stored):
+def build_model_and_prompts(config: TrainConfig, stored, classes: tuple[str, ...]):
     from affectvlm.model import PromptBank, build_model
 
     if stored is not None:
@@ -191,7 +193,7 @@ def build_model_and_prompts(config: TrainConfig, stored):
         bank = PromptBank.default()
         if config.prompts:
             bank = bank.extended(config.prompts)
-    model = build_model(model_spec(config), config.pretrained, view_fusion=config.view_fusion)
+    model = build_model(model_spec(config), config.pretrained, classes=classes, view_fusion=config.view_fusion)
     return model, bank
 
 
@@ -201,69 +203,98 @@ def model_spec(config: TrainConfig):
         return config.model
     from affectvlm.model.factory import create_clip
 
-    spec = create_clip(config.model).config
-    spec = json.loads(json.dumps(spec))
+    spec = json.loads(json.dumps(create_clip(config.model).config))
     spec["model_cfg"]["vision_cfg"]["image_size"] = config.image_size
     return spec
 
 
-def prepare_data(config: TrainConfig, runtime: Runtime, image_size: int):
-    """The views source and the subject-independent split: (source, train ids, held-out ids, subjects)."""
-    from affectvlm.data.splits import subject_kfold
+def dataset_folder(config: TrainConfig, runtime: Runtime) -> Path:
+    """The data argument, or the built-in synthetic faces, generated once into the cache folder (into a
+    temporary folder first, so that an interrupted generation is never taken for a finished one)."""
+    from affectvlm.data.datasets import LABELS_FILE
+    from affectvlm.data.synthetic import generate_dataset
 
-    source = open_source(config, runtime, image_size)
-    folds = subject_kfold(source.samples, config.folds, seed=config.seed)
-    fold = folds[config.fold]
-    test_subjects = set(fold.test_subjects)
-    subjects = {"train": sorted({source.samples[i].subject for i in fold.train}),
-                "test": sorted(test_subjects)}
-    return source, list(fold.train), list(fold.test), subjects
+    if config.data is not None:
+        return Path(config.data)
+    folder = cache_folder(config) / f"synthetic-{config.synthetic_subjects}-seed{config.seed}"
+    if runtime.is_main and not (folder / LABELS_FILE).is_file():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"generating {config.synthetic_subjects} synthetic subjects into {folder}")
+        generate_dataset(partial, config.synthetic_subjects, seed=config.seed, file_format="ply")
+        os.replace(partial, folder)
+    barrier(runtime)
+    return folder
 
 
-def open_source(config: TrainConfig, runtime: Runtime, image_size: int):
-    """A render cache (default) or a mesh cache for the data, built under the cache folder on rank 0 first."""
-    from affectvlm.data.cache import INDEX_FILE, RenderSettings, render_dataset
-    from affectvlm.data.pipeline import CachedViews, OnlineViews
-    from affectvlm.data.views import CameraJitter
+def cache_folder(config: TrainConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else Path(config.out) / "cache"
 
-    cache = Path(config.cache_dir or Path(config.out) / "cache")
-    data = Path(config.data) if config.data else synthetic_dataset(config, runtime, cache)
-    if (data / INDEX_FILE).is_file() or is_mesh_cache(data):
-        from affectvlm.data.pipeline import open_views
 
-        return open_views(data, **online_options(config, runtime))
+def is_views_cache(folder: Path) -> bool:
+    """A render cache or a mesh cache (both hold an index.json), as opposed to a dataset folder."""
+    from affectvlm.data.cache import INDEX_FILE
+
+    return (folder / INDEX_FILE).is_file()
+
+
+def list_samples(data: Path) -> list:
+    from affectvlm.data.datasets import index_dataset
+    from affectvlm.data.pipeline import open_views
+
+    return open_views(data).samples if is_views_cache(data) else index_dataset(data)
+
+
+def open_source(config: TrainConfig, runtime: Runtime, data: Path, image_size: int):
+    """The views source: the given render or mesh cache, or one built for the dataset folder under the cache
+    folder (rank 0 builds it while the others wait): a render cache by default, a mesh cache for online views."""
+    from affectvlm.data.cache import RenderSettings, render_dataset
+    from affectvlm.data.pipeline import CachedViews, OnlineViews, open_views
+    from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter
+
+    recipe = config.recipe or DEFAULT_RECIPE
+    jitter = CameraJitter(**config.jitter) if config.jitter else CameraJitter.none()
+    if is_views_cache(data):
+        return open_views(data, views=config.views, size=image_size, recipe=recipe, jitter=jitter,
+                          device=runtime.device)
     if config.source == "online":
         from affectvlm.data.mesh_cache import build_mesh_cache
 
-        mesh_cache = cache / f"mesh-{_digest(data.resolve())}"
+        mesh_cache = cache_folder(config) / f"mesh-{_digest(data.resolve())}"
         if runtime.is_main:
             build_mesh_cache(data, mesh_cache)
         barrier(runtime)
-        return OnlineViews(mesh_cache, config.views, image_size, config.recipe or default_recipe(),
-                           CameraJitter(**config.jitter) if config.jitter else CameraJitter.none(), runtime.device)
-    settings = RenderSettings(views=config.views, size=image_size)
-    render_cache = cache / f"render-{_digest(data.resolve(), settings.as_dict())}"
+        return OnlineViews(mesh_cache, config.views, image_size, recipe, jitter, runtime.device)
+    settings = RenderSettings(views=config.views, size=image_size, recipe=recipe)
+    render_cache = cache_folder(config) / f"render-{_digest(data.resolve(), settings.as_dict())}"
     if runtime.is_main:
+        print(f"rendering {data} into {render_cache}")
         render_dataset(data, render_cache, settings)
     barrier(runtime)
     return CachedViews(render_cache)
 
 
-def synthetic_dataset(config: TrainConfig, runtime: Runtime, cache: Path) -> Path:
-    """The built-in synthetic faces, generated once into the cache folder (into a temporary folder first, so
-    that an interrupted generation is never taken for a finished one)."""
-    from affectvlm.data.datasets import LABELS_FILE
-    from affectvlm.data.synthetic import generate_dataset
+def split_subjects(config: TrainConfig, samples: list):
+    """Subject-independent split: fold `config.fold` of `config.folds` held out. (train ids, held-out ids,
+    subjects of each side)."""
+    from affectvlm.data.splits import subject_kfold
 
-    folder = cache / f"synthetic-{config.synthetic_subjects}-seed{config.seed}"
-    if runtime.is_main and not (folder / LABELS_FILE).is_file():
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"generating {config.synthetic_subjects} synthetic subjects into {folder}")
-        generate_dataset(partial, config.synthetic_subjects, seed=config.seed)
-        os.replace(partial, folder)
-    barrier(runtime)
-    return folder
+    fold = subject_kfold(samples, config.folds, seed=config.seed)[config.fold]
+    subjects = {"train": sorted({samples[i].subject for i in fold.train}), "test": list(fold.test_subjects)}
+    return list(fold.train), list(fold.test), subjects
+
+
+def make_pipelines(config: TrainConfig, runtime: Runtime, source, train_ids, test_ids, normalisation):
+    from affectvlm.data.augment import AugmentSettings
+    from affectvlm.data.pipeline import ViewPipeline
+
+    augment = AugmentSettings.off() if config.no_augment else AugmentSettings(**config.augment)
+    common = dict(seed=config.seed, num_shards=runtime.world_size, shard_id=runtime.rank, backend=config.backend,
+                  device=runtime.device, mean=normalisation.mean, std=normalisation.std)
+    train = ViewPipeline(source, config.batch_size, augment=augment, training=True, subset=train_ids, **common)
+    held_out = ViewPipeline(source, config.batch_size, augment=AugmentSettings.off(), training=False,
+                            subset=test_ids, **common)
+    return train, held_out
 
 
 def _digest(*parts) -> str:
