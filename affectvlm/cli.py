@@ -141,19 +141,26 @@ def run_render(args: argparse.Namespace) -> int:
 
     from affectvlm.data.cache import CacheError, RenderSettings, render_dataset
     from affectvlm.data.datasets import DatasetError, index_dataset
+    from affectvlm.data.mesh_cache import MeshCacheError, build_mesh_cache
     from affectvlm.geometry import MeshError
 
-    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size,
-                              channels=tuple(args.channels.split(",")), dtype=args.dtype,
-                              projection=args.projection, layout=args.layout)
+    channels = tuple(args.channels.split(",")) if args.channels else None
+    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size, recipe=args.recipe,
+                              channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout)
     try:
         total = len(index_dataset(args.data, args.layout))
-        with tqdm(total=total, unit="mesh", desc="render") as progress:
-            outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
-                                     on_samples=progress.update)
-    except (CacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
+        with tqdm(total=total, unit="mesh", desc="meshes" if args.meshes else "render") as progress:
+            if args.meshes:
+                cache = build_mesh_cache(args.data, args.out, args.layout, on_samples=progress.update)
+            else:
+                outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
+                                         on_samples=progress.update)
+    except (CacheError, MeshCacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
         print(f"affectvlm render: error: {error}", file=sys.stderr)
         return 1
+    if args.meshes:
+        print(f"cached {len(cache)} meshes of {len(cache.index['topologies'])} topologies in {args.out}")
+        return 0
     reused = f" ({outcome.shards_reused} already complete, kept)" if outcome.shards_reused else ""
     print(f"rendered {len(outcome.index['samples'])} meshes x {len(settings.views)} views into "
           f"{len(outcome.index['shards'])} shard(s) in {args.out}{reused}")
@@ -172,18 +179,25 @@ def _add_render_parser(commands) -> None:
                         help="comma-separated named views, see affectvlm.geometry.cameras.VIEW_PRESETS "
                              "(default frontal,left,right)")
     render.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
-    render.add_argument("--channels", default="depth,normal,shading,mask",
-                        help=f"comma-separated channels from {', '.join(IMAGE_CHANNELS)} (default: all four)")
+    render.add_argument("--recipe", default=None,
+                        help="the model's three input channels per view, an image recipe of affectvlm.data.views "
+                             "(default: its DEFAULT_RECIPE)")
+    render.add_argument("--channels", default=None,
+                        help=f"store these raw channels instead of a recipe: comma-separated from "
+                             f"{', '.join(IMAGE_CHANNELS)}")
     render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
     render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
     render.add_argument("--shard-size", type=_positive_int, default=256, help="meshes per shard (default 256)")
     render.add_argument("--batch", type=_positive_int, default=32, help="meshes per kernel call (default 32)")
     render.add_argument("--layout", default="auto", help="dataset layout (default: detected)")
+    render.add_argument("--meshes", action="store_true",
+                        help="write the binary mesh cache that training renders from on the fly, instead of views")
     render.set_defaults(handler=run_render, validate=lambda args: _validate_render(render, args))
 
 
 def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.data.views import IMAGE_RECIPES
     from affectvlm.geometry.cameras import PROJECTIONS, VIEW_PRESETS
 
     if args.projection not in PROJECTIONS:
@@ -191,11 +205,18 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for view in args.views.split(","):
         if view not in VIEW_PRESETS:
             parser.error(f"unknown view '{view}' in --views (choose from {', '.join(VIEW_PRESETS)})")
-    for channel in args.channels.split(","):
-        if channel not in IMAGE_CHANNELS:
-            parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
-    if len(set(args.channels.split(","))) != len(args.channels.split(",")):
-        parser.error("--channels lists a channel twice")
+    if args.recipe is not None and args.recipe not in IMAGE_RECIPES:
+        parser.error(f"unknown --recipe '{args.recipe}' (choose from {', '.join(IMAGE_RECIPES)})")
+    if args.meshes and (args.recipe is not None or args.channels is not None):
+        parser.error("--meshes caches the meshes themselves: --recipe and --channels do not apply")
+    if args.channels is not None:
+        if args.recipe is not None:
+            parser.error("--recipe and --channels exclude each other (a cache holds one or the other)")
+        for channel in args.channels.split(","):
+            if channel not in IMAGE_CHANNELS:
+                parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
+        if len(set(args.channels.split(","))) != len(args.channels.split(",")):
+            parser.error("--channels lists a channel twice")
     if args.device == "cuda" and not cuda_status().usable:
         parser.error(f"--device cuda: {cuda_status().reason}")
 
