@@ -54,7 +54,8 @@ class Predictor:
 
 def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """The model, prompt bank and render settings of a checkpoint; CheckpointError for a bad file."""
-    from affectvlm.model import PromptBank, build_model
+    from affectvlm.model.affect_model import build_model
+    from affectvlm.model.prompts import PromptBank
     from affectvlm.train.checkpoint import load_checkpoint, load_module_state
 
     stored = load_checkpoint(checkpoint)
@@ -64,12 +65,12 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
     device = torch.device(device)
     model.to(device).eval()
     bank = PromptBank.from_dict(info["prompts"])
-    data = info["data"]
+    data, source = info["data"], info["data"]["source"]
     texts = [prompt for name in info["classes"] for prompt in bank.class_prompts(name)]
     with torch.no_grad():
         embeddings = torch.nn.functional.normalize(model.encode_text(texts).float(), dim=1)
-    return Predictor(model, bank, tuple(info["classes"]), tuple(data["views"]), int(data["image_size"]),
-                     data["recipe"], data.get("projection", "perspective"),
+    return Predictor(model, bank, tuple(info["classes"]), tuple(source["views"]), int(source["size"]),
+                     source["recipe"], source["projection"],
                      TorchAugmenter(data["mean"], data["std"]), device, texts, embeddings)
 
 

@@ -26,7 +26,7 @@ BATCH, STEPS, ROUNDS = 16, 4, 3
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from affectvlm.model import build_model
+    from affectvlm.model.affect_model import build_model
 
     size = build_model(MODEL).image_size
     root = tmp_path_factory.mktemp("train-bench")
@@ -36,7 +36,7 @@ def cache(tmp_path_factory):
 
 
 def fresh_model():
-    from affectvlm.model import build_model
+    from affectvlm.model.affect_model import build_model
 
     torch.manual_seed(0)
     return build_model(MODEL, classes=EMOTIONS)
@@ -44,7 +44,7 @@ def fresh_model():
 
 def affectvlm_trainer(cache: Path):
     from affectvlm.data.pipeline import CachedViews, ViewPipeline
-    from affectvlm.model import PromptBank
+    from affectvlm.model.prompts import PromptBank
     from affectvlm.ops import AffectLoss
     from affectvlm.train.loop import TrainModule, draw_prompts, parameter_groups
 
@@ -85,7 +85,7 @@ class CacheDataset(torch.utils.data.Dataset):
 def open_clip_trainer(cache: Path):
     from open_clip.loss import ClipLoss
 
-    from affectvlm.model import PromptBank
+    from affectvlm.model.prompts import PromptBank
 
     model, bank = fresh_model(), PromptBank.default()
     clip, tokenizer = model.clip, model.tokenizer

@@ -16,7 +16,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the model's
     recipe: str | None = None  # None: affectvlm.data.views.DEFAULT_RECIPE
     source: str = "cached"  # "cached": a render cache; "online": views rendered per batch from a mesh cache
-    jitter: dict = field(default_factory=dict)  # CameraJitter fields (online views only)
+    jitter: dict = field(default_factory=dict)  # CameraJitter fields overriding its defaults (online views only)
     augment: dict = field(default_factory=dict)  # AugmentSettings fields overriding the defaults
     no_augment: bool = False
     folds: int = 5  # subjects split into this many folds; fold `fold` is held out for evaluation
@@ -153,8 +153,6 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--fold must lie in [0, {config.folds}), got {config.fold}")
     if config.folds < 2:
         raise ValueError("--folds must be at least 2 (one fold is held out)")
-    if config.jitter and config.source != "online":
-        raise ValueError("--jitter needs --source online (a render cache holds fixed views)")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda, got '{config.device}'")
     if config.warmup < 0 or config.checkpoint_every < 0:

@@ -260,7 +260,7 @@ class _Sums:
     def add(self, terms: StepTerms) -> None:
         self.batches += 1
         self.samples += int(terms.samples)
-        values = {"loss": terms.total, "contrastive": terms.contrastive, "triplet": terms.triplet,
+        values = {"loss": terms.total.detach(), "contrastive": terms.contrastive, "triplet": terms.triplet,
                   "image_text": terms.image_text, "accuracy": terms.accuracy}
         for name, value in values.items():
             self.totals[name] = self.totals.get(name, 0.0) + float(value)

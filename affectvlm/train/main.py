@@ -112,8 +112,7 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
     schedule = Schedule(config.epochs, total_steps, config.lr, config.warmup, config.accumulate, config.seed,
                         config.checkpoint_every, config.log_every)
     static_info = {"model": model.config_dict(), "classes": list(classes), "prompts": bank.as_dict(),
-                   "data": {**train_pipeline.settings(), "train_subjects": subjects["train"],
-                            "test_subjects": subjects["test"]},
+                   "data": data_settings(train_pipeline, subjects),
                    "world_size": runtime.world_size, "config": config.as_dict()}
 
     state = TrainState()
@@ -185,7 +184,8 @@ def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
 
 
 def build_model_and_prompts(config: TrainConfig, stored, classes: tuple[str, ...]):
-    from affectvlm.model import PromptBank, build_model
+    from affectvlm.model.affect_model import build_model
+    from affectvlm.model.prompts import PromptBank
 
     if stored is not None:
         bank = PromptBank.from_dict(stored.info["prompts"])
@@ -238,33 +238,44 @@ def is_views_cache(folder: Path) -> bool:
     return (folder / INDEX_FILE).is_file()
 
 
+def is_mesh_cache(folder: Path) -> bool:
+    from affectvlm.data.cache import load_index
+    from affectvlm.data.mesh_cache import FORMAT
+
+    return load_index(folder).get("format") == FORMAT
+
+
 def list_samples(data: Path) -> list:
     from affectvlm.data.datasets import index_dataset
-    from affectvlm.data.pipeline import open_views
+    from affectvlm.data.mesh_cache import MeshCache
+    from affectvlm.data.pipeline import CachedViews
 
-    return open_views(data).samples if is_views_cache(data) else index_dataset(data)
+    if not is_views_cache(data):
+        return index_dataset(data)
+    return MeshCache(data).samples if is_mesh_cache(data) else CachedViews(data).samples
 
 
 def open_source(config: TrainConfig, runtime: Runtime, data: Path, image_size: int):
     """The views source: the given render or mesh cache, or one built for the dataset folder under the cache
     folder (rank 0 builds it while the others wait): a render cache by default, a mesh cache for online views."""
     from affectvlm.data.cache import RenderSettings, render_dataset
-    from affectvlm.data.pipeline import CachedViews, OnlineViews, open_views
+    from affectvlm.data.pipeline import CachedViews, OnlineViews
     from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter
 
     recipe = config.recipe or DEFAULT_RECIPE
-    jitter = CameraJitter(**config.jitter) if config.jitter else CameraJitter.none()
-    if is_views_cache(data):
-        return open_views(data, views=config.views, size=image_size, recipe=recipe, jitter=jitter,
-                          device=runtime.device)
-    if config.source == "online":
+    if is_views_cache(data) and not is_mesh_cache(data):
+        return CachedViews(data, views=config.views, size=image_size, recipe=recipe)
+    mesh_cache = data
+    if not is_views_cache(data) and config.source == "online":
         from affectvlm.data.mesh_cache import build_mesh_cache
 
         mesh_cache = cache_folder(config) / f"mesh-{_digest(data.resolve())}"
         if runtime.is_main:
+            print(f"caching the meshes of {data} in {mesh_cache}")
             build_mesh_cache(data, mesh_cache)
         barrier(runtime)
-        return OnlineViews(mesh_cache, config.views, image_size, recipe, jitter, runtime.device)
+    if is_views_cache(mesh_cache):
+        return OnlineViews(mesh_cache, config.views, image_size, recipe, CameraJitter(**config.jitter), runtime.device)
     settings = RenderSettings(views=config.views, size=image_size, recipe=recipe)
     render_cache = cache_folder(config) / f"render-{_digest(data.resolve(), settings.as_dict())}"
     if runtime.is_main:
@@ -272,6 +283,15 @@ def open_source(config: TrainConfig, runtime: Runtime, data: Path, image_size: i
         render_dataset(data, render_cache, settings)
     barrier(runtime)
     return CachedViews(render_cache)
+
+
+def data_settings(pipeline, subjects: dict) -> dict:
+    """What a checkpoint keeps of the data: how views were rendered (which predict repeats), how they were
+    augmented and normalised, and the subjects on each side of the split."""
+    settings = pipeline.settings()
+    source = {"projection": "perspective", **settings["source"]}
+    return {"source": source, **{key: settings[key] for key in ("augment", "mean", "std", "num_samples")},
+            "train_subjects": subjects["train"], "test_subjects": subjects["test"]}
 
 
 def split_subjects(config: TrainConfig, samples: list):
