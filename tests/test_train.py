@@ -83,8 +83,8 @@ def test_two_ranks_hold_identical_weights_and_see_every_sample_once_per_epoch(da
     rank0, rank1 = (load_file(two_rank_run / f"rank{r}.safetensors") for r in (0, 1))
     assert_bitwise_equal(rank0, rank1)
     assert {"loss.log_scale", "loss.margin_parameter"} <= rank0.keys()
-    initial_margin = torch.log(torch.expm1(torch.tensor(0.2)))
-    assert not torch.equal(rank0["loss.margin_parameter"], initial_margin)  # trained, not just initial
+    assert torch.equal(rank0["loss.log_scale"], rank0["model.clip.logit_scale"])  # one parameter, two names
+    assert not torch.equal(rank0["loss.log_scale"], torch.tensor(1 / 0.07).log())  # trained, not the initial one
 
     info = json.loads(_metadata(two_rank_run / "last.safetensors"))
     index = json.loads((data / "render" / "index.json").read_text())
