@@ -14,9 +14,7 @@ from affectvlm._ext import _C, cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
-    "train": "train AffectVLM (single process; use torchrun for several GPUs)",
     "evaluate": "evaluate a checkpoint with subject-independent folds",
-    "predict": "predict the expression of mesh files",
     "app": "start the Streamlit demo",
 }
 
@@ -223,6 +221,69 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--device cuda: {cuda_status().reason}")
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from affectvlm.train.main import run
+
+    return run(args.train_config)
+
+
+def _add_train_parser(commands) -> None:
+    from affectvlm.train.config import add_arguments
+
+    train = commands.add_parser(
+        "train", help="train AffectVLM (one process; torchrun -m affectvlm.train for several)",
+        description="Train AffectVLM on a dataset folder, a render or mesh cache, or (with no data) on generated "
+                    "synthetic faces; `torchrun -m affectvlm.train` takes the same arguments.")
+    add_arguments(train)
+    train.set_defaults(handler=run_train, validate=lambda args: _validate_train(train, args))
+
+
+def _validate_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.train.config import TrainConfig, validate
+
+    try:
+        args.train_config = TrainConfig.from_args(args)
+        validate(args.train_config)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from affectvlm.predict import format_prediction, load_predictor, predict
+    from affectvlm.train.checkpoint import CheckpointError
+
+    try:
+        predictor = load_predictor(args.checkpoint, args.device)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"affectvlm predict: error: {error}", file=sys.stderr)
+        return 1
+    results = predict(predictor, args.inputs, top_prompts=args.top_prompts)
+    for result in results:
+        if result.error:
+            print(f"affectvlm predict: error: {result.error}", file=sys.stderr)
+    good = [result for result in results if not result.error]
+    if args.json:
+        print(json.dumps([result.as_dict() for result in good], indent=2))
+    else:
+        for result in good:
+            print(format_prediction(result))
+    return 0 if len(good) == len(results) else 1
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="predict the expression of mesh files and 4D sequence folders with a checkpoint",
+        description="Per input: the probability of each emotion, the predicted one and the best-matching prompts; "
+                    "a folder of a sequence's frames gives the sequence's prediction and per-frame probabilities. "
+                    "Meshes are rendered exactly as the checkpoint was trained.")
+    predict.add_argument("checkpoint", help="a checkpoint written by affectvlm train (.safetensors)")
+    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_SEQUENCE_FOLDER")
+    predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    predict.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    predict.add_argument("--top-prompts", type=_positive_int, default=3, help="best-matching prompts to show")
+    predict.set_defaults(handler=run_predict)
+
+
 def run_planned(args: argparse.Namespace) -> int:
     print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
     return 2
@@ -239,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate_parser(commands)
     _add_render_parser(commands)
+    _add_train_parser(commands)
+    _add_predict_parser(commands)
 
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")
