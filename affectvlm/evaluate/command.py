@@ -10,6 +10,7 @@ printed for people, for each way of evaluating:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -57,9 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from affectvlm.train.checkpoint import CheckpointError
 
     out = Path(args.out)
+    work = {"checkpoint": _checkpoint, "zero-shot": _zero_shot, "protocol": _protocol,
+            "robustness": _robustness}[mode_of(args)]
+    # With --json, stdout carries the document alone; what training and evaluation say on the way goes to stderr.
+    talk = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        document, table = {"checkpoint": _checkpoint, "zero-shot": _zero_shot, "protocol": _protocol,
-                           "robustness": _robustness}[mode_of(args)](args, out)
+        with talk:
+            document, table = work(args, out)
     except (CheckpointError, DatasetError, CacheError, MeshError, ModelConfigError, ProtocolError, ValueError,
             OSError) as error:
         print(f"affectvlm evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -82,7 +87,7 @@ def _device(args) -> str:
 
 
 def _checkpoint(args, out: Path):
-    from affectvlm.evaluate.evaluation import per_sample_records, predict_samples
+    from affectvlm.evaluate.evaluation import predict_samples
     from affectvlm.predict import load_predictor
     from affectvlm.train.checkpoint import load_checkpoint
 
@@ -117,11 +122,15 @@ def _samples_of(cache: Path) -> list:
 
 
 def _with_report(document: dict, predictions, args, out: Path, title: str):
-    from affectvlm.evaluate.evaluation import format_report, per_sample_records, report_of, write_figures
+    from affectvlm.evaluate.evaluation import (format_report, per_sample_records, per_sequence_records, report_of,
+                                               write_figures)
 
     report = report_of(predictions, args.bins)
     document.update(report=report, calibration_note=CALIBRATION_NOTE,
-                    figures=write_figures(predictions, report, out / FIGURES), predictions=per_sample_records(predictions))
+                    figures=write_figures(predictions, report, out / FIGURES),
+                    predictions=per_sample_records(predictions))
+    if predictions.is_4d:
+        document["sequence_predictions"] = per_sequence_records(predictions)
     return document, format_report(report, title)
 
 

@@ -184,7 +184,8 @@ def per_sample_records(predictions: Predictions) -> list[dict]:
     """One JSON record per sample: what it is, the predicted class and every class probability."""
     records = []
     for i, file in enumerate(predictions.files):
-        record = {"file": file, "subject": predictions.subjects[i], "emotion": predictions.classes[predictions.labels[i]],
+        record = {"file": file, "subject": predictions.subjects[i],
+                  "emotion": predictions.classes[predictions.labels[i]],
                   "predicted": predictions.classes[int(predictions.probabilities[i].argmax())],
                   "probabilities": [round(float(p), 6) for p in predictions.probabilities[i]]}
         if predictions.intensity[i] >= 0:
@@ -193,6 +194,16 @@ def per_sample_records(predictions: Predictions) -> list[dict]:
             record.update(sequence=predictions.sequences[i], frame=predictions.frames[i])
         records.append(record)
     return records
+
+
+def per_sequence_records(predictions: Predictions) -> list[dict]:
+    """One JSON record per 4D sequence: its emotion, the predicted class and every class probability (from the
+    model's frame fusion)."""
+    labels = predictions.sequence_labels()
+    return [{"sequence": name, "emotion": predictions.classes[labels[name]],
+             "predicted": predictions.classes[int(probabilities.argmax())],
+             "probabilities": [round(float(p), 6) for p in probabilities]}
+            for name, probabilities in sorted(predictions.sequence_probabilities.items())]
 
 
 def write_figures(predictions: Predictions, report: dict, folder: str | Path, prefix: str = "") -> dict:
@@ -212,8 +223,9 @@ def write_figures(predictions: Predictions, report: dict, folder: str | Path, pr
         figures["sequence_reliability"] = reliability_figure(sequences["calibration"],
                                                              folder / f"{prefix}sequence-reliability.png",
                                                              sequences["ece"])
-        figures["frame_curves"] = [frame_curves_figure(*curve, folder / f"{prefix}frames-{index:02d}.png", curve[2])
-                                   for index, curve in enumerate(_first_sequence_of_each_class(predictions))]
+        figures["frame_curves"] = [
+            frame_curves_figure(probabilities, predictions.classes, folder / f"{prefix}frames-{index:02d}.png", title)
+            for index, (probabilities, title) in enumerate(_first_sequence_of_each_class(predictions))]
     return {name: [p.name for p in paths] if isinstance(paths, list) else paths.name
             for name, paths in figures.items()}
 
@@ -222,8 +234,9 @@ def _first_sequence_of_each_class(predictions: Predictions):
     labels = predictions.sequence_labels()
     for label in sorted(set(labels.values())):
         name = min(n for n, value in labels.items() if value == label)
-        rows = sorted((i for i, s in enumerate(predictions.sequences) if s == name), key=lambda i: predictions.frames[i])
-        yield predictions.probabilities[rows], predictions.classes, f"{name} ({predictions.classes[label]})"
+        rows = sorted((i for i, s in enumerate(predictions.sequences) if s == name),
+                      key=lambda i: predictions.frames[i])
+        yield predictions.probabilities[rows], f"{name} ({predictions.classes[label]})"
 
 
 def format_report(report: dict, title: str = "") -> str:

@@ -9,15 +9,14 @@ together. A fold whose finished checkpoint was trained with the same settings is
 Protocols:
 - "kfold": K folds of the data's subjects.
 - "bu3dfe": the protocol of most BU-3DFE papers (`affectvlm.data.splits.bu3dfe_protocol`): 60 subjects, the six
-  expressions at intensities 3 and 4, 10 folds of 6 subjects. The chosen scans are listed in
-  OUT/bu3dfe-protocol/labels.csv, the dataset the folds train on.
+  expressions at intensities 3 and 4, 10 folds of 6 subjects. The chosen scans are linked into
+  OUT/bu3dfe-protocol with a labels.csv: the dataset the folds train on.
 
 Each fold is evaluated with its last checkpoint, never the "best" one (that one was chosen on the held-out fold).
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,9 +38,12 @@ class ProtocolError(ValueError):
 
 
 def bu3dfe_dataset(data: str | Path, out: str | Path, seed: int = 0) -> tuple[Path, list]:
-    """Write OUT/bu3dfe-protocol/labels.csv listing the BU-3DFE protocol's 720 scans of `data` (absolute paths);
-    returns the folder and the protocol's folds (`bu3dfe_protocol`, fold seed `seed`)."""
-    from affectvlm.data.datasets import REQUIRED_COLUMNS, DatasetError, index_bu3dfe
+    """OUT/bu3dfe-protocol: a dataset folder of the BU-3DFE protocol's 720 scans of `data` (symbolic links to
+    them, by subject) with its labels.csv; returns the folder and the protocol's folds (`bu3dfe_protocol`, fold
+    seed `seed`)."""
+    from dataclasses import replace as with_path
+
+    from affectvlm.data.datasets import DatasetError, index_bu3dfe, write_labels
     from affectvlm.data.splits import bu3dfe_protocol
 
     try:
@@ -49,14 +51,15 @@ def bu3dfe_dataset(data: str | Path, out: str | Path, seed: int = 0) -> tuple[Pa
     except DatasetError as error:
         raise ProtocolError(str(error)) from None
     folder = Path(out) / BU3DFE_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*REQUIRED_COLUMNS, "intensity", "sex"])
-        writer.writeheader()
-        for sample in selected:
-            writer.writerow({"file": str(Path(sample.path).resolve()), "subject": sample.subject,
-                             "emotion": sample.emotion, "intensity": sample.intensity,
-                             "sex": sample.attributes.get("sex", "")})
+    linked = []
+    for sample in selected:
+        link = folder / sample.subject / Path(sample.path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(sample.path).resolve())
+        linked.append(with_path(sample, path=link))
+    write_labels(folder, linked)
     return folder, folds
 
 

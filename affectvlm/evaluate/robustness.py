@@ -137,7 +137,8 @@ def robustness_report(predictor, faces: list[GeneratedFace], names=None, seed: i
         probabilities = _probabilities(predictor, meshes)
         report = classification_report(probabilities, labels, predictor.classes)
         results[name] = {"description": description, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                         "triangles": float(np.mean([mesh.num_faces for mesh in meshes]))}
+                         "triangles": float(np.mean([mesh.num_faces for mesh in meshes])),
+                         "predicted": [predictor.classes[i] for i in probabilities.argmax(axis=1)]}
     baseline = results["none"]["accuracy"]
     for result in results.values():
         result["drop"] = baseline - result["accuracy"]
