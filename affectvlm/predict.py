@@ -88,7 +88,7 @@ def predict(predictor: Predictor, inputs: list[str | Path], top_prompts: int = 3
 
 def _predict_one(predictor: Predictor, path: Path, top_prompts: int) -> Prediction:
     if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.suffix.lower().lstrip(".") in READABLE_FORMATS)
+        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in READABLE_FORMATS)
         if not frames:
             raise ValueError(f"{path}: a folder with no mesh files ({', '.join(READABLE_FORMATS)})")
         embeddings = torch.cat([embed_meshes(predictor, frames[i:i + FRAMES_PER_BATCH])

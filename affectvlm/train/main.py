@@ -177,7 +177,7 @@ def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
 
     require_match(stored, "the model config", static_info["model"], stored.info["model"])
     require_match(stored, "the label set", static_info["classes"], stored.info["classes"])
-    require_match(stored, "the data and render settings", static_info["data"], stored.info["data"])
+    require_match(stored, "the data settings", static_info["data"], stored.info["data"])
     for key in ("seed", "batch_size", "accumulate"):
         require_match(stored, f"--{key.replace('_', '-')}", getattr(config, key), stored.info["config"][key])
     require_match(stored, "the number of processes", static_info["world_size"], stored.info["world_size"])
