@@ -100,12 +100,13 @@ def _checkpoint(args, out: Path):
 
 
 def _zero_shot(args, out: Path):
+    from affectvlm.data.cache import INDEX_FILE
     from affectvlm.data.datasets import index_dataset
     from affectvlm.data.emotions import EMOTIONS
     from affectvlm.evaluate.evaluation import predict_samples, zero_shot_predictor
 
     data = Path(args.data)
-    samples = _samples_of(data) if (data / "index.json").is_file() else index_dataset(data)
+    samples = _samples_of(data) if (data / INDEX_FILE).is_file() else index_dataset(data)
     classes = tuple(name for name in EMOTIONS if any(sample.emotion == name for sample in samples))
     predictor = zero_shot_predictor(args.zero_shot, args.pretrained, classes, args.views.split(","), args.recipe,
                                     device=_device(args))
