@@ -203,6 +203,9 @@ def test_zero_shot_with_local_weights_on_sequences(setup, sequences, tmp_path):
         fused = predictor.model.fuse_frames(embed_meshes(predictor, frames)[None])
         expected = predictor.model.logits(fused, predictor.bank).softmax(dim=-1)[0]
     assert len(frames) == 4 and record["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
+    (prediction,) = predict(predictor, [data / record["sequence"]])  # `affectvlm predict` on the sequence folder
+    assert record["probabilities"] == pytest.approx([prediction.probabilities[c] for c in report["classes"]],
+                                                    abs=1e-5)
     # The weights file is really what classifies.
     other = json.loads(evaluate_cli("--zero-shot", setup / "tiny.json", "--pretrained", other_weights, data,
                                     "--out", tmp_path / "other", "--json").stdout)
