@@ -14,7 +14,6 @@ from affectvlm._ext import _C, cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
-    "evaluate": "evaluate a checkpoint with subject-independent folds",
     "app": "start the Streamlit demo",
 }
 
@@ -284,6 +283,39 @@ def _add_predict_parser(commands) -> None:
     predict.set_defaults(handler=run_predict)
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from affectvlm.evaluate.command import run
+
+    return run(args)
+
+
+def _add_evaluate_parser(commands) -> None:
+    from affectvlm.evaluate.command import __doc__ as description
+    from affectvlm.evaluate.command import add_arguments
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a checkpoint, k-fold or BU-3DFE protocols, zero-shot models, robustness",
+        usage="affectvlm evaluate CKPT DATA [--split test|train|all] [--json] [--out DIR]\n"
+              "       affectvlm evaluate [DATA] --protocol kfold|bu3dfe [--folds K] [--fold k] [training options]\n"
+              "       affectvlm evaluate --zero-shot MODEL [--pretrained TAG_OR_FILE] DATA\n"
+              "       affectvlm evaluate CKPT --robustness [--perturbations NAMES]",
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate, validate=lambda args: _validate_evaluate(evaluate, args))
+
+
+def _validate_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.evaluate.command import positional_problem
+
+    problem = positional_problem(args)
+    if problem:
+        parser.error(problem)
+    if args.bins < 1:
+        parser.error(f"--bins must be at least 1, got {args.bins}")
+    if args.robustness_subjects < 1:
+        parser.error(f"--robustness-subjects must be at least 1, got {args.robustness_subjects}")
+
+
 def run_planned(args: argparse.Namespace) -> int:
     print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
     return 2
@@ -302,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_parser(commands)
     _add_train_parser(commands)
     _add_predict_parser(commands)
+    _add_evaluate_parser(commands)
 
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")
