@@ -14,9 +14,7 @@ from affectvlm._ext import _C, cuda_status
 
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
-    "train": "train AffectVLM (single process; use torchrun for several GPUs)",
     "evaluate": "evaluate a checkpoint with subject-independent folds",
-    "predict": "predict the expression of mesh files",
     "app": "start the Streamlit demo",
 }
 
@@ -143,19 +141,26 @@ def run_render(args: argparse.Namespace) -> int:
 
     from affectvlm.data.cache import CacheError, RenderSettings, render_dataset
     from affectvlm.data.datasets import DatasetError, index_dataset
+    from affectvlm.data.mesh_cache import MeshCacheError, build_mesh_cache
     from affectvlm.geometry import MeshError
 
-    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size,
-                              channels=tuple(args.channels.split(",")), dtype=args.dtype,
-                              projection=args.projection, layout=args.layout)
+    channels = tuple(args.channels.split(",")) if args.channels else None
+    settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size, recipe=args.recipe,
+                              channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout)
     try:
         total = len(index_dataset(args.data, args.layout))
-        with tqdm(total=total, unit="mesh", desc="render") as progress:
-            outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
-                                     on_samples=progress.update)
-    except (CacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
+        with tqdm(total=total, unit="mesh", desc="meshes" if args.meshes else "render") as progress:
+            if args.meshes:
+                cache = build_mesh_cache(args.data, args.out, args.layout, on_samples=progress.update)
+            else:
+                outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
+                                         on_samples=progress.update)
+    except (CacheError, MeshCacheError, DatasetError, MeshError, OSError, ValueError, RuntimeError) as error:
         print(f"affectvlm render: error: {error}", file=sys.stderr)
         return 1
+    if args.meshes:
+        print(f"cached {len(cache)} meshes of {len(cache.index['topologies'])} topologies in {args.out}")
+        return 0
     reused = f" ({outcome.shards_reused} already complete, kept)" if outcome.shards_reused else ""
     print(f"rendered {len(outcome.index['samples'])} meshes x {len(settings.views)} views into "
           f"{len(outcome.index['shards'])} shard(s) in {args.out}{reused}")
@@ -174,18 +179,25 @@ def _add_render_parser(commands) -> None:
                         help="comma-separated named views, see affectvlm.geometry.cameras.VIEW_PRESETS "
                              "(default frontal,left,right)")
     render.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
-    render.add_argument("--channels", default="depth,normal,shading,mask",
-                        help=f"comma-separated channels from {', '.join(IMAGE_CHANNELS)} (default: all four)")
+    render.add_argument("--recipe", default=None,
+                        help="the model's three input channels per view, an image recipe of affectvlm.data.views "
+                             "(default: its DEFAULT_RECIPE)")
+    render.add_argument("--channels", default=None,
+                        help=f"store these raw channels instead of a recipe: comma-separated from "
+                             f"{', '.join(IMAGE_CHANNELS)}")
     render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
     render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
     render.add_argument("--shard-size", type=_positive_int, default=256, help="meshes per shard (default 256)")
     render.add_argument("--batch", type=_positive_int, default=32, help="meshes per kernel call (default 32)")
     render.add_argument("--layout", default="auto", help="dataset layout (default: detected)")
+    render.add_argument("--meshes", action="store_true",
+                        help="write the binary mesh cache that training renders from on the fly, instead of views")
     render.set_defaults(handler=run_render, validate=lambda args: _validate_render(render, args))
 
 
 def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.data.views import IMAGE_RECIPES
     from affectvlm.geometry.cameras import PROJECTIONS, VIEW_PRESETS
 
     if args.projection not in PROJECTIONS:
@@ -193,13 +205,83 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for view in args.views.split(","):
         if view not in VIEW_PRESETS:
             parser.error(f"unknown view '{view}' in --views (choose from {', '.join(VIEW_PRESETS)})")
-    for channel in args.channels.split(","):
-        if channel not in IMAGE_CHANNELS:
-            parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
-    if len(set(args.channels.split(","))) != len(args.channels.split(",")):
-        parser.error("--channels lists a channel twice")
+    if args.recipe is not None and args.recipe not in IMAGE_RECIPES:
+        parser.error(f"unknown --recipe '{args.recipe}' (choose from {', '.join(IMAGE_RECIPES)})")
+    if args.meshes and (args.recipe is not None or args.channels is not None):
+        parser.error("--meshes caches the meshes themselves: --recipe and --channels do not apply")
+    if args.channels is not None:
+        if args.recipe is not None:
+            parser.error("--recipe and --channels exclude each other (a cache holds one or the other)")
+        for channel in args.channels.split(","):
+            if channel not in IMAGE_CHANNELS:
+                parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
+        if len(set(args.channels.split(","))) != len(args.channels.split(",")):
+            parser.error("--channels lists a channel twice")
     if args.device == "cuda" and not cuda_status().usable:
         parser.error(f"--device cuda: {cuda_status().reason}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from affectvlm.train.main import run
+
+    return run(args.train_config)
+
+
+def _add_train_parser(commands) -> None:
+    from affectvlm.train.config import add_arguments
+
+    train = commands.add_parser(
+        "train", help="train AffectVLM (one process; torchrun -m affectvlm.train for several)",
+        description="Train AffectVLM on a dataset folder, a render or mesh cache, or (with no data) on generated "
+                    "synthetic faces; `torchrun -m affectvlm.train` takes the same arguments.")
+    add_arguments(train)
+    train.set_defaults(handler=run_train, validate=lambda args: _validate_train(train, args))
+
+
+def _validate_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from affectvlm.train.config import TrainConfig, validate
+
+    try:
+        args.train_config = TrainConfig.from_args(args)
+        validate(args.train_config)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from affectvlm.predict import format_prediction, load_predictor, predict
+    from affectvlm.train.checkpoint import CheckpointError
+
+    try:
+        predictor = load_predictor(args.checkpoint, args.device)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"affectvlm predict: error: {error}", file=sys.stderr)
+        return 1
+    results = predict(predictor, args.inputs, top_prompts=args.top_prompts)
+    for result in results:
+        if result.error:
+            print(f"affectvlm predict: error: {result.error}", file=sys.stderr)
+    good = [result for result in results if not result.error]
+    if args.json:
+        print(json.dumps([result.as_dict() for result in good], indent=2))
+    else:
+        for result in good:
+            print(format_prediction(result))
+    return 0 if len(good) == len(results) else 1
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="predict the expression of mesh files and 4D sequence folders with a checkpoint",
+        description="Per input: the probability of each emotion, the predicted one and the best-matching prompts; "
+                    "a folder of a sequence's frames gives the sequence's prediction and per-frame probabilities. "
+                    "Meshes are rendered exactly as the checkpoint was trained.")
+    predict.add_argument("checkpoint", help="a checkpoint written by affectvlm train (.safetensors)")
+    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_SEQUENCE_FOLDER")
+    predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    predict.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    predict.add_argument("--top-prompts", type=_positive_int, default=3, help="best-matching prompts to show")
+    predict.set_defaults(handler=run_predict)
 
 
 def run_planned(args: argparse.Namespace) -> int:
@@ -218,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate_parser(commands)
     _add_render_parser(commands)
+    _add_train_parser(commands)
+    _add_predict_parser(commands)
 
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")

@@ -11,3 +11,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# Tiny generated datasets shared by the data pipeline's tests (tests/test_pipeline_*.py, test_views.py, ...).
+@pytest.fixture(scope="session")
+def static_dataset(tmp_path_factory):
+    from affectvlm.data.synthetic import generate_dataset
+
+    folder = tmp_path_factory.mktemp("static-faces")
+    generate_dataset(folder, subjects=2, seed=5, file_format="ply")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sequence_dataset(tmp_path_factory):
+    from affectvlm.data.synthetic import generate_dataset
+
+    folder = tmp_path_factory.mktemp("face-sequences")
+    generate_dataset(folder, subjects=1, seed=6, file_format="ply", sequences=True, frames=3)
+    return folder

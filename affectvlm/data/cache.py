@@ -3,8 +3,10 @@
 Layout of a cache folder:
 - `index.json`: the render settings, the shards (file name and row count) and one entry per sample (its
   file relative to the dataset folder, labels, shard and row);
-- `shard-00000.npy`, ...: arrays (n, K, C, H, W) of float16 (default) or float32, n <= shard size, K views,
-  C channels in the order of the settings' `channel_layout`.
+- `shard-00000.npy`, ...: arrays (n, K, C, H, W) of float16 (default) or float32, n <= shard size, K views.
+  By default C = 3: the model's input channels made by an image recipe (`affectvlm.data.views`), which is
+  what training reads; with raw `channels` instead, C is the rasteriser channels in the order of the
+  settings' `channel_layout` (for inspection, or other uses of the views).
 
 Rendering is resumable: the index is written first, and each shard is written to a temporary file then
 renamed, so a shard file that exists is complete unless damaged afterwards. A rerun skips shards whose
@@ -23,8 +25,9 @@ import numpy as np
 import torch
 
 from affectvlm.data.datasets import Sample, index_dataset, load_sample
+from affectvlm.data.views import DEFAULT_RECIPE, IMAGE_RECIPES, check_recipe, render_model_views
 from affectvlm.geometry.cameras import DEFAULT_VIEWS, view_cameras
-from affectvlm.ops.raster import DEFAULT_CHANNELS, channel_layout, render_views
+from affectvlm.ops.raster import channel_layout, render_views
 
 INDEX_FILE = "index.json"
 DTYPES = ("float16", "float32")
@@ -36,16 +39,38 @@ class CacheError(ValueError):
 
 @dataclass(frozen=True)
 class RenderSettings:
+    """What a cache holds: the model's three input channels made by `recipe` (the default, DEFAULT_RECIPE when
+    neither is given), or the raw rasteriser `channels`; not both."""
+
     views: tuple[str, ...] = DEFAULT_VIEWS
     size: int = 224
-    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    recipe: str | None = None
+    channels: tuple[str, ...] | None = None
     dtype: str = "float16"
     projection: str = "perspective"
     layout: str = "auto"  # of the dataset folder, as index_dataset reads it
 
+    def __post_init__(self):
+        if self.recipe is not None and self.channels is not None:
+            raise CacheError("a cache holds either an image recipe or raw channels, not both")
+        if self.channels is None:
+            object.__setattr__(self, "recipe", check_recipe(self.recipe or DEFAULT_RECIPE))
+        else:
+            object.__setattr__(self, "channels", tuple(self.channels))
+            channel_layout(self.channels)  # checks the names
+
+    @property
+    def num_channels(self) -> int:
+        if self.recipe is not None:
+            return 3
+        return sum(s.stop - s.start for s in channel_layout(self.channels).values())
+
     def as_dict(self) -> dict:
+        settings = {**asdict(self), "views": list(self.views), "num_channels": self.num_channels}
+        if self.recipe is not None:
+            return {**settings, "image_channels": IMAGE_RECIPES[self.recipe]}
         layout = channel_layout(self.channels)
-        return {**asdict(self), "views": list(self.views), "channels": list(self.channels),
+        return {**settings, "channels": list(self.channels),
                 "channel_layout": {name: [s.start, s.stop] for name, s in layout.items()}}
 
 
@@ -101,6 +126,8 @@ def _render_batch(samples: list[Sample], settings: RenderSettings, device: str) 
         vertices, faces = torch.stack(vertices), torch.from_numpy(meshes[0].faces).to(device)
     else:
         faces = [torch.from_numpy(m.faces).to(device) for m in meshes]
+    if settings.recipe is not None:
+        return render_model_views(vertices, faces, cameras, settings.size, settings.recipe)
     return render_views(vertices, faces, cameras, settings.size, settings.channels)
 
 
@@ -126,11 +153,10 @@ def render_dataset(data: str | Path, out: str | Path, settings: RenderSettings =
     on_samples = on_samples or (lambda count: None)
     index = plan_index(data, samples, settings, shard_size)
     _start_index(out, index)
-    num_channels = sum(s.stop - s.start for s in channel_layout(settings.channels).values())
     reused = 0
     for number, shard in enumerate(index["shards"]):
         rows = samples[number * shard_size:number * shard_size + shard["rows"]]
-        shape = (len(rows), len(settings.views), num_channels, settings.size, settings.size)
+        shape = (len(rows), len(settings.views), settings.num_channels, settings.size, settings.size)
         path = out / shard["file"]
         if shard_is_complete(path, shape, settings.dtype):
             on_samples(len(rows))

@@ -1,0 +1,185 @@
+"""The model's input views: which rendered channels form its three image channels, and cameras jittered per
+sample and per view.
+
+`render_model_views` is the one function that turns meshes into model inputs: the render cache
+(`affectvlm render`) stores its output, and the online source (`affectvlm.data.pipeline.OnlineViews`) calls it
+per batch. The shading channel is computed here in torch from the rendered normals rather than by the
+rasteriser, because the rasteriser takes one light for all views while the online source jitters the light
+per view; the cache goes through the same code, so zero jitter reproduces the cache exactly.
+
+Image recipes (every channel in [0, 1], background 0):
+- "shading": Lambertian shading repeated three times: a grey photo of a plaster face, the look closest to
+  what a CLIP image tower was pretrained on;
+- "shading_depth_normal": shading, depth (nearest 1, farthest 0 per view) and (normal_z + 1) / 2: three
+  different cues to the shape, of which only the shading changes with the light;
+- "normal": (normal_xyz + 1) / 2, the camera-space normal as a colour.
+DEFAULT_RECIPE is "shading_depth_normal", chosen because it hands the model the most geometry in three
+channels and keeps one channel (depth) independent of both light and normal; "shading" is the close second
+(nearest to CLIP's pretraining images). This is a reasoned default, not a measured one: the evaluation issue
+trains all three and keeps the best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from affectvlm.data.draws import uniform
+from affectvlm.geometry.cameras import Cameras, view_cameras
+from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, render_views
+
+IMAGE_RECIPES = {
+    "shading": "shading, shading, shading",
+    "shading_depth_normal": "shading, depth, (normal_z + 1) / 2",
+    "normal": "(normal_x + 1) / 2, (normal_y + 1) / 2, (normal_z + 1) / 2",
+}
+DEFAULT_RECIPE = "shading_depth_normal"
+AMBIENT = 0.15  # the rasteriser's default ambient term
+
+# What each recipe needs from the rasteriser (shading is computed from the normals, see the module docstring).
+_RENDERED_CHANNELS = {"shading": ("normal", "mask"), "shading_depth_normal": ("depth", "normal", "mask"),
+                      "normal": ("normal", "mask")}
+
+
+def check_recipe(recipe: str) -> str:
+    if recipe not in IMAGE_RECIPES:
+        raise ValueError(f"unknown image recipe '{recipe}' (choose from {', '.join(IMAGE_RECIPES)})")
+    return recipe
+
+
+def default_light() -> torch.Tensor:
+    """The rasteriser's default light direction, unit length, float32 (3,)."""
+    light = torch.tensor(DEFAULT_LIGHT, dtype=torch.float64)
+    return (light / light.norm()).float()
+
+
+def render_model_views(vertices, faces, cameras: Cameras, size, recipe: str = DEFAULT_RECIPE,
+                       light: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's input images, float32 (B, K, 3, H, W) in [0, 1] on the vertices' device.
+
+    vertices, faces, cameras, size: as `affectvlm.ops.raster.render_views`. light: None for the default
+    direction in every view, or a camera-space direction per mesh and view (B, K, 3)."""
+    rendered = _RENDERED_CHANNELS[check_recipe(recipe)]
+    images = render_views(vertices, faces, cameras, size, rendered)
+    layout = channel_layout(rendered)
+    normal, mask = images[:, :, layout["normal"]], images[:, :, layout["mask"]]
+    if recipe == "normal":
+        return (normal + 1) * 0.5 * mask
+    shading = _shading(normal, mask, _per_view_light(light, images))
+    if recipe == "shading":
+        return shading.expand(-1, -1, 3, -1, -1).contiguous()
+    return torch.cat([shading, images[:, :, layout["depth"]], (normal[:, :, 2:3] + 1) * 0.5 * mask], dim=2)
+
+
+def _per_view_light(light: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+    batch, views = images.shape[:2]
+    if light is None:
+        light = default_light().expand(batch, views, 3)
+    if not isinstance(light, torch.Tensor) or light.shape != (batch, views, 3):
+        shape = tuple(light.shape) if isinstance(light, torch.Tensor) else type(light).__name__
+        raise ValueError(f"light must be a (B, K, 3) = ({batch}, {views}, 3) tensor, got {shape}")
+    light = light.to(images.device, torch.float32)
+    return light / light.norm(dim=-1, keepdim=True)
+
+
+def _shading(normal: torch.Tensor, mask: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Lambertian shading (B, K, 1, H, W), as the rasteriser computes it, for a light per view."""
+    lambert = torch.einsum("bkchw,bkc->bkhw", normal, light).unsqueeze(2)
+    return (AMBIENT + (1.0 - AMBIENT) * lambert.clamp_min(0.0)) * mask
+
+
+@dataclass(frozen=True)
+class CameraJitter:
+    """Ranges of the random camera changes around each view preset, drawn per sample and per view:
+    yaw, pitch and roll in degrees (uniform in [-range, range]; yaw and pitch orbit the face, roll turns the
+    camera about its axis), distance as a fraction of the camera's distance (uniform in [-range, range]),
+    light in degrees (the light turns away from its default direction by up to this angle)."""
+
+    yaw: float = 10.0
+    pitch: float = 10.0
+    roll: float = 5.0
+    distance: float = 0.1
+    light: float = 30.0
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"camera jitter: {name} must be a finite number >= 0, got {value!r}")
+        if self.distance >= 1:
+            raise ValueError(f"camera jitter: distance must be a fraction below 1, got {self.distance}")
+        if self.light > 90 or self.roll > 180 or self.yaw > 180:
+            raise ValueError("camera jitter: light at most 90 degrees, yaw and roll at most 180")
+
+    @classmethod
+    def none(cls) -> CameraJitter:
+        return cls(yaw=0.0, pitch=0.0, roll=0.0, distance=0.0, light=0.0)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def jittered_cameras(views, jitter: CameraJitter, seed: int, epoch: int, sample_ids, *,
+                     projection: str = "perspective") -> tuple[Cameras, torch.Tensor]:
+    """Cameras (B, K, 4, 4) around the named `views` presets and a light direction per view (B, K, 3), drawn
+    from `jitter`'s ranges as a pure function of (seed, epoch, sample id, view). With `CameraJitter.none()`
+    they are exactly the presets (`view_cameras`) and the default light."""
+    presets = view_cameras(views, projection=projection)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
+    num_views = presets.num_views
+    _check_pitch(presets, jitter)
+    signed = torch.from_numpy(2.0 * uniform("camera", seed, epoch, sample_ids, num_views, 4) - 1.0)
+    yaw, pitch, roll = (torch.deg2rad(signed[..., i] * r) for i, r in enumerate((jitter.yaw, jitter.pitch, jitter.roll)))
+    preset = presets.world_to_view.double()  # (1, K, 4, 4)
+    # Orbit pitch turns about the camera's x axis through the target, which the preset sees at `target`.
+    target = preset[..., :3, 3]
+    orbit_pitch = _translation(target) @ _rotation(pitch, axis=0) @ _translation(-target)
+    backing = _translation(torch.stack([torch.zeros_like(yaw), torch.zeros_like(yaw),
+                                        -signed[..., 3] * jitter.distance * target.norm(dim=-1)], dim=-1))
+    world_to_view = _rotation(roll, axis=2) @ backing @ orbit_pitch @ preset @ _rotation(-yaw, axis=1)
+    projection_matrices = presets.projection.expand(len(sample_ids), -1, -1, -1).contiguous()
+    light = _jittered_light(jitter, seed, epoch, sample_ids, num_views)
+    return Cameras(world_to_view.float().contiguous(), projection_matrices), light
+
+
+def _check_pitch(presets: Cameras, jitter: CameraJitter) -> None:
+    # A camera pitched to a pole has no defined "up": keep every jittered camera below 89 degrees.
+    backward = presets.world_to_view[0, :, 2, :3].double()
+    steepest = math.degrees(math.asin(min(1.0, backward[:, 1].abs().max().item())))
+    if steepest + jitter.pitch >= 89:
+        raise ValueError(f"camera jitter: pitch {jitter.pitch} would turn a {steepest:.0f} degree view past the pole")
+
+
+def _rotation(angles: torch.Tensor, axis: int) -> torch.Tensor:
+    """Homogeneous rotations (..., 4, 4) by `angles` (radians, right-handed) about the x, y or z axis."""
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    matrix = torch.zeros(*angles.shape, 4, 4, dtype=torch.float64)
+    matrix[..., axis, axis] = 1.0
+    matrix[..., 3, 3] = 1.0
+    first, second = [a for a in range(3) if a != axis][:: -1 if axis == 1 else 1]
+    matrix[..., first, first] = cos
+    matrix[..., second, second] = cos
+    matrix[..., first, second] = -sin
+    matrix[..., second, first] = sin
+    return matrix
+
+
+def _translation(offsets: torch.Tensor) -> torch.Tensor:
+    matrix = torch.eye(4, dtype=torch.float64).expand(*offsets.shape[:-1], 4, 4).clone()
+    matrix[..., :3, 3] = offsets
+    return matrix
+
+
+def _jittered_light(jitter: CameraJitter, seed: int, epoch: int, sample_ids: np.ndarray, num_views: int) -> torch.Tensor:
+    """The default light turned by an angle up to `jitter.light` towards a random side, float32 (B, K, 3)."""
+    draws = torch.from_numpy(uniform("light", seed, epoch, sample_ids, num_views, 2))
+    angle, side = torch.deg2rad(draws[..., 0] * jitter.light), 2 * math.pi * draws[..., 1]
+    light = torch.tensor(DEFAULT_LIGHT, dtype=torch.float64)
+    light = light / light.norm()
+    across = torch.linalg.cross(light, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    across = across / across.norm()
+    other = torch.linalg.cross(light, across)
+    sideways = torch.cos(side)[..., None] * across + torch.sin(side)[..., None] * other
+    return (torch.cos(angle)[..., None] * light + torch.sin(angle)[..., None] * sideways).float()

@@ -1,0 +1,159 @@
+"""The training configuration: one frozen dataclass, built once from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data: str | None = None  # a dataset folder, a render cache or a mesh cache; None: the built-in synthetic data
+    cache_dir: str | None = None  # where generated data and caches go (default: <out>/cache)
+    synthetic_subjects: int = 16
+    views: tuple[str, ...] = ("frontal", "left", "right")
+    image_size: int | None = None  # None: the model's
+    recipe: str | None = None  # None: affectvlm.data.views.DEFAULT_RECIPE
+    source: str = "cached"  # "cached": a render cache; "online": views rendered per batch from a mesh cache
+    jitter: dict = field(default_factory=dict)  # CameraJitter fields overriding its defaults (online views only)
+    augment: dict = field(default_factory=dict)  # AugmentSettings fields overriding the defaults
+    no_augment: bool = False
+    folds: int = 5  # subjects split into this many folds; fold `fold` is held out for evaluation
+    fold: int = 0
+    # model
+    model: str = "affect-tiny"  # a shipped config name, an open_clip model name or a JSON config file
+    pretrained: str | None = None
+    view_fusion: str = "mean"
+    prompts: str | None = None  # a JSON file of prompts that extends the default bank
+    # optimisation
+    batch_size: int = 32  # per process
+    epochs: int = 10
+    max_steps: int | None = None  # optimizer steps; stops early when reached
+    lr: float = 5e-4
+    warmup: int = 20  # optimizer steps of linear warm-up before the cosine decay
+    weight_decay: float = 0.1
+    accumulate: int = 1  # batches per optimizer step
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # multiview contrastive, triplet, image-text
+    seed: int = 0
+    # running
+    out: str = "runs/affectvlm"
+    resume: str | None = None  # a checkpoint file, or "auto": <out>/last.safetensors when it exists
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end of each epoch only
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on GPUs
+    compile: bool = False
+    backend: str = "auto"  # augmentation backend: auto, dali, torch
+    log_every: int = 1
+    trace_samples: bool = False  # each rank logs the sample ids it trained on (samples-rank<r>.jsonl)
+    progress: bool = True
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "views": list(self.views), "loss_weights": list(self.loss_weights)}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["views"] = tuple(args.views.split(","))
+        values["loss_weights"] = tuple(args.loss_weights)
+        values["jitter"] = _key_values(args.jitter, "--jitter")
+        values["augment"] = _key_values(args.augment, "--augment")
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return cls(**{**data, "views": tuple(data["views"]), "loss_weights": tuple(data["loss_weights"])})
+
+
+def _key_values(text: str | None, option: str) -> dict:
+    """"yaw=10,light=0.2" -> {"yaw": 10.0, "light": 0.2}."""
+    result = {}
+    for item in filter(None, (text or "").split(",")):
+        key, equals, value = item.partition("=")
+        try:
+            result[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option}: expected name=number pairs separated by commas, got '{item}'") from None
+        if not equals:
+            raise ValueError(f"{option}: expected name=number, got '{item}'")
+    return result
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options, shared by `affectvlm train` and `python -m affectvlm.train`."""
+    d = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("data", nargs="?", help="dataset folder, render cache or mesh cache (default: generate the "
+                                              "built-in synthetic dataset)")
+    data.add_argument("--cache-dir", help="where generated data and render/mesh caches go (default OUT/cache)")
+    data.add_argument("--synthetic-subjects", type=_positive, default=d.synthetic_subjects,
+                      help=f"subjects of generated data (default {d.synthetic_subjects})")
+    data.add_argument("--views", default=",".join(d.views), help="comma-separated named views (default %(default)s)")
+    data.add_argument("--image-size", type=_positive, help="image side in pixels (default: the model's)")
+    data.add_argument("--recipe", help="image recipe, see affectvlm.data.views.IMAGE_RECIPES")
+    data.add_argument("--source", choices=["cached", "online"], default=d.source,
+                      help="views from a render cache, or rendered per batch from a mesh cache (default cached)")
+    data.add_argument("--jitter", help="camera jitter of online views, e.g. yaw=10,pitch=5,roll=3,distance=0.05")
+    data.add_argument("--augment", help="augmentation settings overriding the defaults, e.g. flip=0.5,rotation=10")
+    data.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    data.add_argument("--folds", type=_positive, default=d.folds,
+                      help=f"subject folds; one is held out for evaluation (default {d.folds})")
+    data.add_argument("--fold", type=int, default=d.fold, help="the held-out fold (default 0)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=d.model, help="model config name or JSON file (default %(default)s)")
+    model.add_argument("--pretrained", help="open_clip pretrained tag or local weights file")
+    model.add_argument("--view-fusion", choices=["mean", "attention"], default=d.view_fusion)
+    model.add_argument("--prompts", help="JSON file of prompts added to the default prompt bank")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--batch-size", type=_positive, default=d.batch_size, help="samples per process and batch")
+    optim.add_argument("--epochs", type=_positive, default=d.epochs)
+    optim.add_argument("--max-steps", type=_positive, help="stop after this many optimizer steps")
+    optim.add_argument("--lr", type=float, default=d.lr)
+    optim.add_argument("--warmup", type=int, default=d.warmup, help="warm-up optimizer steps")
+    optim.add_argument("--weight-decay", type=_non_negative, default=d.weight_decay)
+    optim.add_argument("--accumulate", type=_positive, default=d.accumulate, help="batches per optimizer step")
+    optim.add_argument("--loss-weights", type=_non_negative, nargs=3, default=list(d.loss_weights),
+                       metavar=("CONTRASTIVE", "TRIPLET", "IMAGE_TEXT"), help="weights of the three loss terms")
+    optim.add_argument("--seed", type=int, default=d.seed)
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
+    run.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/last.safetensors if present)")
+    run.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                     help="optimizer steps between checkpoints (default: each epoch's end)")
+    run.add_argument("--device", default=d.device, help="auto, cpu or cuda (default auto)")
+    run.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on GPUs")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--backend", choices=["auto", "dali", "torch"], default=d.backend, help="augmentation backend")
+    run.add_argument("--log-every", type=_positive, default=d.log_every, help="optimizer steps between log lines")
+    run.add_argument("--trace-samples", action="store_true",
+                     help="log each rank's sample ids per batch to OUT/samples-rank<r>.jsonl")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError (one line, naming the option) for settings that cannot work together."""
+    if not 0 <= config.fold < config.folds:
+        raise ValueError(f"--fold must lie in [0, {config.folds}), got {config.fold}")
+    if config.folds < 2:
+        raise ValueError("--folds must be at least 2 (one fold is held out)")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got '{config.device}'")
+    if config.warmup < 0 or config.checkpoint_every < 0:
+        raise ValueError("--warmup and --checkpoint-every must be at least 0")

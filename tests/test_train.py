@@ -1,0 +1,258 @@
+"""Training runs for real: single processes, torchrun with two gloo ranks, a killed and resumed run, a worker
+that dies under --max-restarts, two torchrun launchers as two nodes, and a short training that must beat chance
+on held-out subjects. All on generated faces rendered at 32 px with a tiny model."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from affectvlm.data.cache import RenderSettings, render_dataset
+from affectvlm.data.synthetic import generate_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("train_rank_worker.py")
+TINY_MODEL = {"embed_dim": 32,
+              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+              "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+RUN_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Six generated subjects rendered at 32 px, and the tiny model's config file."""
+    root = tmp_path_factory.mktemp("train-data")
+    generate_dataset(root / "faces", 6, seed=3, file_format="ply")
+    render_dataset(root / "faces", root / "render", RenderSettings(size=32))
+    (root / "tiny.json").write_text(json.dumps(TINY_MODEL))
+    return root
+
+
+def train_args(data, out, *extra):
+    return [str(data / "render"), "--model", str(data / "tiny.json"), "--out", str(out), "--batch-size", "8",
+            "--epochs", "2", "--folds", "3", "--lr", "2e-3", "--warmup", "2", "--seed", "7", "--no-progress",
+            "--checkpoint-every", "2", *extra]
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, env=kwargs.pop("env", ENV), cwd=ROOT,
+                            timeout=RUN_TIMEOUT, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def torchrun(*options):
+    return [sys.executable, "-m", "torch.distributed.run", *options]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trained_tensors(path, prefixes=("module.", "optimizer.")):
+    tensors = load_file(path)
+    return {name: tensor for name, tensor in tensors.items() if name.startswith(prefixes)}
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(data, tmp_path_factory):
+    """An uninterrupted torchrun run with two gloo ranks that trace the samples they train on."""
+    out = tmp_path_factory.mktemp("two-ranks")
+    run(torchrun("--standalone", "--nproc_per_node=2", str(WORKER), *train_args(data, out, "--trace-samples")))
+    return out
+
+
+def test_two_ranks_hold_identical_weights_and_see_every_sample_once_per_epoch(data, two_rank_run):
+    rank0, rank1 = (load_file(two_rank_run / f"rank{r}.safetensors") for r in (0, 1))
+    assert_bitwise_equal(rank0, rank1)
+    assert {"loss.log_scale", "loss.margin_parameter"} <= rank0.keys()
+    initial_margin = torch.log(torch.expm1(torch.tensor(0.2)))
+    assert not torch.equal(rank0["loss.margin_parameter"], initial_margin)  # trained, not just initial
+
+    info = json.loads(_metadata(two_rank_run / "last.safetensors"))
+    index = json.loads((data / "render" / "index.json").read_text())
+    train_subjects = set(info["data"]["train_subjects"])
+    expected = sorted(i for i, entry in enumerate(index["samples"]) if entry["subject"] in train_subjects)
+    assert train_subjects and set(info["data"]["test_subjects"]).isdisjoint(train_subjects)
+    seen = {}
+    for rank in (0, 1):
+        for line in (two_rank_run / f"samples-rank{rank}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            seen.setdefault(record["epoch"], []).extend(record["sample_ids"])
+    assert sorted(seen) == [0, 1]
+    for epoch, ids in seen.items():
+        assert sorted(ids) == expected, f"epoch {epoch}: samples used other than exactly once"
+
+
+def _metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as file:
+        return file.metadata()["affectvlm"]
+
+
+def test_killed_run_resumes_to_bit_identical_weights(data, tmp_path):
+    whole = tmp_path / "whole"
+    run([sys.executable, "-m", "affectvlm.train", *train_args(data, whole)])
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "affectvlm.train", *train_args(data, killed)], cwd=ROOT,
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (killed / "last.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped_at = json.loads(_metadata(killed / "last.safetensors"))["training"]["global_step"]
+    final_steps = json.loads(_metadata(whole / "last.safetensors"))["training"]["global_step"]
+    assert 0 < stopped_at < final_steps
+
+    resumed = run([sys.executable, "-m", "affectvlm.train", *train_args(data, killed, "--resume", "auto")])
+    assert f"resumed from {killed / 'last.safetensors'}" in resumed.stdout
+    assert_bitwise_equal(trained_tensors(whole / "last.safetensors"), trained_tensors(killed / "last.safetensors"))
+
+
+def test_a_worker_that_dies_is_restarted_and_the_run_ends_as_if_uninterrupted(data, two_rank_run, tmp_path):
+    out = tmp_path / "restarted"
+    env = {**ENV, "AFFECTVLM_TEST_DIE_AT_STEP": "3:1"}  # rank 1 exits after step 3; a checkpoint exists at 2
+    result = run(torchrun("--standalone", "--nproc_per_node=2", "--max-restarts=1", str(WORKER),
+                          *train_args(data, out)), env=env)
+    assert "resumed from" in result.stdout + result.stderr
+    assert_bitwise_equal(trained_tensors(two_rank_run / "last.safetensors"), trained_tensors(out / "last.safetensors"))
+    assert_bitwise_equal(load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors"))
+
+
+def test_two_torchrun_launchers_train_as_two_nodes(data, two_rank_run, tmp_path):
+    out, port = tmp_path / "nodes", free_port()
+    launchers = [subprocess.Popen(
+        torchrun("--nnodes=2", "--nproc_per_node=1", f"--node-rank={node}", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=affectvlm-test", str(WORKER),
+                 *train_args(data, out)),
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    outputs = [launcher.communicate(timeout=RUN_TIMEOUT)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], "\n".join(outputs)
+    assert_bitwise_equal(load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors"))
+    # Same world size, seed and data: the same run as two processes on one node.
+    assert_bitwise_equal(trained_tensors(two_rank_run / "last.safetensors"), trained_tensors(out / "last.safetensors"))
+
+
+# A short training that must beat chance, and prediction with its checkpoint ----------------------------------
+
+ACCURACY_FLOOR = 0.5  # measured: see test_short_training_beats_chance_on_held_out_subjects
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "affectvlm.train", *train_args(data, out)[:-2], "--epochs", "12",
+                  "--batch-size", "16", "--lr", "3e-3", "--warmup", "5"])
+    return out, result.stdout, time.monotonic() - started
+
+
+def test_short_training_beats_chance_on_held_out_subjects(trained):
+    out, stdout, seconds = trained
+    line = next(line for line in stdout.splitlines() if line.startswith("held-out accuracy:"))
+    accuracy = float(line.split()[2].rstrip("%")) / 100
+    print(f"\n{line} ({seconds:.0f} s)")
+    assert accuracy >= ACCURACY_FLOOR, line
+    assert (out / "best.safetensors").is_file() and (out / "curves.png").stat().st_size > 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in records if r["kind"] == "step")
+    assert {"loss", "contrastive", "triplet", "image_text", "lr", "logit_scale", "margin", "samples_per_s",
+            "data_wait"} <= step.keys()
+
+
+def affectvlm_cli(*args):
+    return subprocess.run([sys.executable, "-m", "affectvlm", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=RUN_TIMEOUT)
+
+
+def test_predict_reports_a_bad_mesh_and_goes_on(data, trained, tmp_path):
+    checkpoint = trained[0] / "best.safetensors"
+    good = data / "faces" / "S002" / "S002_happiness_4.ply"
+    bad = tmp_path / "broken.obj"
+    bad.write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\n")
+    missing = tmp_path / "absent.ply"
+    generate_dataset(tmp_path / "seq", 1, seed=5, file_format="ply", sequences=True, frames=3)
+    sequence = tmp_path / "seq" / "S001" / "surprise"
+    result = affectvlm_cli("predict", checkpoint, good, bad, missing, sequence, "--json")
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2 and str(bad) in errors[0] and str(missing) in errors[1], result.stderr
+    predictions = json.loads(result.stdout)
+    assert [p["input"] for p in predictions] == [str(good), str(sequence)]
+    classes = json.loads(_metadata(checkpoint))["classes"]
+    for prediction in predictions:
+        assert list(prediction["probabilities"]) == classes
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert prediction["predicted"] == max(prediction["probabilities"], key=prediction["probabilities"].get)
+        assert len(prediction["prompts"]) == 3
+    assert prediction["frame_files"] == ["000.ply", "001.ply", "002.ply"] and len(prediction["frames"]) == 3
+
+    text = affectvlm_cli("predict", checkpoint, good)
+    assert text.returncode == 0 and text.stdout.startswith(f"{good}: ")
+
+
+def test_predict_renders_as_the_training_data_was_rendered(data, trained):
+    import numpy as np
+
+    from affectvlm.data.augment import AugmentSettings, plan_augmentation
+    from affectvlm.predict import embed_meshes, load_predictor
+
+    predictor = load_predictor(trained[0] / "best.safetensors")
+    index = json.loads((data / "render" / "index.json").read_text())
+    rows = [i for i, entry in enumerate(index["samples"]) if entry["subject"] == "S004"][:4]
+    cached = []
+    for i in rows:
+        entry = index["samples"][i]
+        shard = np.load(data / "render" / index["shards"][entry["shard"]]["file"], mmap_mode="r")
+        cached.append(torch.from_numpy(np.array(shard[entry["row"]], dtype=np.float32)))
+    images = torch.stack(cached)
+    plan = plan_augmentation(AugmentSettings.off(), 0, 0, np.arange(len(rows)), np.full(len(rows), -1),
+                             np.full(len(rows), -1), np.ones(len(rows), bool), predictor.views)
+    with torch.no_grad():
+        from_cache = predictor.model.fuse_views(predictor.model.encode_views(predictor.augmenter(images, plan)))
+    from_meshes = embed_meshes(predictor, [data / "faces" / index["samples"][i]["file"] for i in rows])
+    cosine = torch.nn.functional.cosine_similarity(from_cache, from_meshes, dim=1)
+    assert cosine.min() > 0.999, cosine  # the cache stores float16 images; the meshes render in float32
+
+
+def test_bad_checkpoints_fail_with_one_line(data, trained, tmp_path):
+    good = data / "faces" / "S002" / "S002_happiness_4.ply"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((trained[0] / "best.safetensors").read_bytes()[:5000])
+    for checkpoint, message in [(truncated, "not a readable safetensors file, truncated or damaged"),
+                                (data / "tiny.json", "not a readable safetensors file")]:
+        result = affectvlm_cli("predict", checkpoint, good)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and str(checkpoint) in result.stderr and message in result.stderr
+
+
+def test_resuming_with_another_model_config_is_refused(data, trained, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY_MODEL, "embed_dim": 48}))
+    args = train_args(data, tmp_path / "out", "--resume", str(trained[0] / "last.safetensors"))
+    args[args.index("--model") + 1] = str(other)
+    result = subprocess.run([sys.executable, "-m", "affectvlm.train", *args], capture_output=True, text=True,
+                            env=ENV, cwd=ROOT, timeout=RUN_TIMEOUT)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "last.safetensors: the model config differs from this run's" in result.stderr
