@@ -30,3 +30,21 @@ def sequence_dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("face-sequences")
     generate_dataset(folder, subjects=1, seed=6, file_format="ply", sequences=True, frames=3)
     return folder
+
+
+@pytest.fixture(scope="session")
+def view_cache(static_dataset, tmp_path_factory):
+    """The render cache of `static_dataset`: the default recipe, 3 views of 32^2, shards of 16 samples."""
+    from affectvlm.data.cache import RenderSettings, render_dataset
+
+    folder = tmp_path_factory.mktemp("view-cache") / "cache"
+    render_dataset(static_dataset, folder, RenderSettings(size=32), shard_size=16)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mesh_cache(static_dataset, tmp_path_factory):
+    """The mesh cache of `static_dataset`."""
+    from affectvlm.data.mesh_cache import build_mesh_cache
+
+    return build_mesh_cache(static_dataset, tmp_path_factory.mktemp("mesh-cache") / "cache").path

@@ -1,0 +1,80 @@
+"""The two view sources: the render cache as rendered, online views equal to it at zero jitter, 4D labels."""
+
+import numpy as np
+import pytest
+import torch
+
+from affectvlm.data import index_dataset, load_sample
+from affectvlm.data.mesh_cache import build_mesh_cache
+from affectvlm.data.pipeline import CachedViews, OnlineViews, ViewPipeline, open_views
+from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter, jittered_cameras, render_model_views
+from affectvlm.geometry.cameras import view_cameras
+
+
+def test_cached_views_are_the_model_views_of_each_sample(static_dataset, view_cache):
+    source = CachedViews(view_cache)
+    assert source.view_names == ("frontal", "left", "right") and source.image_size == 32
+    assert source.recipe == DEFAULT_RECIPE and len(source.samples) == 50
+    ids = np.array([17, 3, 17, 49])  # across shards, one twice
+    views = source.views(ids)
+    assert views.shape == (4, 3, 3, 32, 32) and views.dtype == torch.float16
+    samples = index_dataset(static_dataset)
+    for position, i in enumerate(ids):
+        assert static_dataset / source.samples[i].path == samples[i].path
+        mesh = load_sample(samples[i])
+        expected = render_model_views(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), view_cameras(), 32)
+        assert torch.equal(views[position], expected[0].half())
+
+
+def test_online_views_without_jitter_equal_the_cache(view_cache, mesh_cache):
+    cached, online = CachedViews(view_cache), OnlineViews(mesh_cache, size=32, device="cpu")
+    ids = np.array([0, 9, 23, 41, 42])
+    for epoch in (0, 3):
+        rendered = online.views(ids, epoch=epoch, seed=7, augment=False)
+        assert rendered.dtype == torch.float32
+        assert torch.equal(rendered.half(), cached.views(ids))  # the same floats, stored as float16
+    zero = OnlineViews(mesh_cache, size=32, jitter=CameraJitter.none(), device="cpu")
+    assert torch.equal(zero.views(ids, epoch=5, seed=1).half(), cached.views(ids))
+
+
+def test_online_views_render_the_jittered_cameras_and_light_of_each_sample(mesh_cache):
+    jitter = CameraJitter(yaw=15, pitch=10, roll=8, distance=0.2, light=40)
+    online = OnlineViews(mesh_cache, views="frontal,up", size=32, recipe="shading", jitter=jitter, device="cpu")
+    ids = np.array([4, 30, 31])
+    views = online.views(ids, epoch=2, seed=5)
+    cameras, light = jittered_cameras("frontal,up", jitter, 5, 2, ids)
+    for position, i in enumerate(ids):
+        vertices, faces = online.meshes.load(i)
+        one = lambda tensor: tensor[position:position + 1]  # noqa: E731
+        expected = render_model_views(torch.from_numpy(vertices), torch.from_numpy(faces),
+                                      type(cameras)(one(cameras.world_to_view), one(cameras.projection)), 32,
+                                      "shading", one(light))
+        assert torch.equal(views[position:position + 1], expected)
+    again = online.views(ids, epoch=2, seed=5)
+    next_epoch = online.views(ids, epoch=3, seed=5)
+    assert torch.equal(again, views) and not torch.equal(next_epoch, views)
+    assert views.min() >= 0 and views.max() <= 1
+
+
+def test_open_views_picks_the_source_from_the_folder(view_cache, mesh_cache):
+    assert isinstance(open_views(view_cache), CachedViews)
+    online = open_views(mesh_cache, views="frontal", size=24, device="cpu")
+    assert isinstance(online, OnlineViews) and online.views([0]).shape == (1, 1, 3, 24, 24)
+
+
+def test_four_d_batches_carry_sequence_and_frame(sequence_dataset, tmp_path):
+    source = OnlineViews(build_mesh_cache(sequence_dataset, tmp_path / "meshes").path, size=16, device="cpu")
+    pipeline = ViewPipeline(source, 5, training=False, backend="torch", device="cpu")
+    assert pipeline.sequence_names == sorted({s.sequence for s in index_dataset(sequence_dataset)})
+    batches = list(pipeline.epoch(0))
+    for batch in batches:
+        for row in range(5):
+            sample = pipeline.samples[batch.sample_ids[row]]
+            assert pipeline.sequence_names[batch.sequences[row]] == sample.sequence
+            assert batch.frames[row] == sample.frame and batch.intensity[row] == sample.intensity
+    assert sorted(torch.cat([b.frames[b.valid] for b in batches]).tolist()) == sorted([0, 1, 2] * 6)
+
+
+def test_static_scans_have_no_sequence(view_cache):
+    batch = next(ViewPipeline(CachedViews(view_cache), 4, backend="torch", device="cpu").epoch(0))
+    assert (batch.sequences == -1).all() and (batch.frames == -1).all()
