@@ -15,7 +15,6 @@ from affectvlm._ext import _C, cuda_status
 # Subcommands that later releases fill in; until then they say so instead of failing obscurely.
 PLANNED = {
     "evaluate": "evaluate a checkpoint with subject-independent folds",
-    "app": "start the Streamlit demo",
 }
 
 
@@ -284,6 +283,43 @@ def _add_predict_parser(commands) -> None:
     predict.set_defaults(handler=run_predict)
 
 
+def run_app(args: argparse.Namespace) -> int:
+    """Start the Streamlit app (affectvlm/app.py of this installation) and wait until it is stopped."""
+    import subprocess
+
+    from affectvlm.app_inputs import NoDemoModel, default_checkpoint
+
+    try:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    except NoDemoModel as error:
+        print(f"affectvlm app: error: {error}", file=sys.stderr)
+        return 2
+    if not checkpoint.is_file():
+        print(f"affectvlm app: error: {checkpoint}: no such checkpoint file", file=sys.stderr)
+        return 2
+    script = Path(affectvlm.__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+               "--server.address", args.address, "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--", "--checkpoint", str(checkpoint.resolve())]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_app_parser(commands) -> None:
+    app = commands.add_parser(
+        "app", help="start the app in the browser (Streamlit)",
+        description="Start the AffectVLM app: upload a face mesh or a 4D sequence, or make a synthetic face, and see "
+                    "the prediction, the views the model saw and an explanation on the face. Open the URL it "
+                    "prints; stop it with Ctrl+C.")
+    app.add_argument("--checkpoint", help="a checkpoint written by affectvlm train (default: the demo model)")
+    app.add_argument("--port", type=_positive_int, default=8501, help="port to serve on (default %(default)s)")
+    app.add_argument("--address", default="localhost",
+                     help="address to serve on (default %(default)s; 0.0.0.0 for every network interface)")
+    app.set_defaults(handler=run_app)
+
+
 def run_planned(args: argparse.Namespace) -> int:
     print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
     return 2
@@ -302,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_parser(commands)
     _add_train_parser(commands)
     _add_predict_parser(commands)
+    _add_app_parser(commands)
 
     for name, help_text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{help_text} (not available yet)")
