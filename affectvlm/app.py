@@ -23,13 +23,12 @@ import streamlit as st
 
 from affectvlm.app_inputs import (INTENSITIES, SYNTHETIC_EMOTIONS, UPLOAD_SUFFIXES, NoDemoModel, UploadError,
                                   UploadLimits, default_checkpoint, read_upload, synthetic_face, turned)
-from affectvlm.explain import Explanation, explain
+from affectvlm.explain import Explanation, explain, heat_map
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.predict import STAGES, Inspection, Predictor, inspect_meshes, load_predictor
 
 TOP_PROMPTS = 5
 VIEW_DISPLAY_PIXELS = 224  # small model views are enlarged by whole pixels to about this size, never smoothed
-HEAT_SATURATION = 0.99  # the heat map's colours run up to this quantile of the vertex weights
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,12 @@ def settings_from_command_line(argv: list[str]) -> AppSettings:
 
 @st.cache_resource(show_spinner="Loading the model")
 def cached_predictor(checkpoint: str) -> Predictor:
-    return load_predictor(checkpoint)
+    predictor = load_predictor(checkpoint)
+    # One prediction and explanation now, so that the first upload does not pay for the class embeddings and the
+    # first passes through the model.
+    warm_up = inspect_meshes(predictor, "warm-up", [synthetic_face("neutral", 1, 0)])
+    explain(predictor, warm_up.meshes[0], 0)
+    return predictor
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,11 @@ def show(predictor: Predictor, inspection: Inspection, controls: Controls) -> No
     mesh = inspection.meshes[frame]
 
     left, right = st.columns([3, 2])
+    with right:  # first, so the probabilities are on the page before the explanation is computed
+        table = pd.DataFrame({"emotion": list(prediction.probabilities),
+                              "probability": list(prediction.probabilities.values())})
+        st.bar_chart(table, x="emotion", y="probability", height=260)
+        st.table(table.assign(probability=table.probability.map("{:.4f}".format)), hide_index=True)
     with left:
         explanation = explained(predictor, controls, mesh, frame, class_name) if controls.explain else None
         if explanation is not None:
@@ -183,16 +192,11 @@ def show(predictor: Predictor, inspection: Inspection, controls: Controls) -> No
         else:
             st.caption("Drag to turn the face.")
         st.plotly_chart(mesh_figure(mesh, explanation), key="mesh3d")
-    with right:
-        table = pd.DataFrame({"emotion": list(prediction.probabilities),
-                              "probability": list(prediction.probabilities.values())})
-        st.bar_chart(table, x="emotion", y="probability", height=260)
-        st.table(table.assign(probability=table.probability.map("{:.4f}".format)), hide_index=True)
 
     st.markdown("**The views as the model saw them**")
     views = inspection.views[frame]  # (K, 3, H, W)
-    st.image([enlarged(view) for view in views.numpy()], caption=[
-        f"{name}, {views.shape[-1]} px" for name in predictor.views])
+    st.image([enlarged(view) for view in views.numpy()], output_format="PNG",  # lossless: the pixels as they were
+             caption=[f"{name}, {views.shape[-1]} px" for name in predictor.views])
     left, right = st.columns(2)
     with left:
         st.markdown("**Best-matching prompts**")
@@ -232,15 +236,13 @@ def mesh_figure(mesh: Mesh, explanation: Explanation | None):
     if explanation is None:
         surface.update(color="#d8c8b4")
     else:
-        weights = explanation.vertex_weights
-        top = float(np.quantile(weights, HEAT_SATURATION)) or 1.0
-        surface.update(intensity=np.clip(weights / top, 0, 1), colorscale="Inferno", cmin=0, cmax=1,
+        surface.update(intensity=heat_map(explanation, mesh), colorscale="Inferno", cmin=0, cmax=1,
                        colorbar=dict(title="weight", thickness=12))
     figure = go.Figure(surface)
     hidden = dict(visible=False)
     figure.update_layout(height=460, margin=dict(l=0, r=0, t=0, b=0),
                          scene=dict(aspectmode="data", xaxis=hidden, yaxis=hidden, zaxis=hidden,
-                                    camera=dict(eye=dict(x=0, y=0, z=1.6), up=dict(x=0, y=1, z=0))))
+                                    camera=dict(eye=dict(x=0, y=0, z=2.1), up=dict(x=0, y=1, z=0))))
     return figure
 
 

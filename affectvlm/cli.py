@@ -284,8 +284,8 @@ def _add_predict_parser(commands) -> None:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    """Start the Streamlit app (affectvlm/app.py of this installation) and wait until it is stopped."""
-    import subprocess
+    """Become the Streamlit server of the app (affectvlm/app.py of this installation) until it is stopped."""
+    import os
 
     from affectvlm.app_inputs import NoDemoModel, default_checkpoint
 
@@ -300,11 +300,10 @@ def run_app(args: argparse.Namespace) -> int:
     script = Path(affectvlm.__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
                "--server.address", args.address, "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--", "--checkpoint", str(checkpoint.resolve())]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 130
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+               "--", "--checkpoint", str(checkpoint.resolve())]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # the server gets the signals (Ctrl+C) and the exit status directly
 
 
 def _add_app_parser(commands) -> None:

@@ -6,11 +6,14 @@ whole image tower). The gradient's magnitude, summed over the three channels, sa
 mattered. Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle
 covers the pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the
 triangle's three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
-The result is a weight per vertex, the heat map the app draws on the 3D view.
+The result is a weight per vertex. To draw it (`heat_map`), the weights are spread over about one pixel's
+footprint on the surface: a fine mesh has more vertices than the views have pixels, and drawn raw, the vertices
+that no pixel centre fell near would speckle the map.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +33,11 @@ class Explanation:
     vertex_weights: np.ndarray  # (V,) float32 >= 0: the pixel weights carried onto the mesh's vertices
     pixel_weights: torch.Tensor  # (K, H, W): |d score / d pixel| summed over the channels, every pixel
     on_face: float  # the fraction of the pixel weights that lies on pixels the mesh covers
+    pixel_size: float  # the views' pixel size at the centre of the canonical frame (the mesh's units)
+
+
+HEAT_SATURATION = 0.99  # heat_map's colours run up to this quantile of the weights
+MAX_SPREAD_STEPS = 64
 
 
 def explain(predictor, mesh: Mesh, class_index: int) -> Explanation:
@@ -44,7 +52,33 @@ def explain(predictor, mesh: Mesh, class_index: int) -> Explanation:
                                                       predictor.recipe, class_score, predictor.device)
     total = float(pixel_weights.sum())
     on_face = float(vertex_weights.sum()) / total if total > 0 else 0.0
-    return Explanation(predictor.classes[class_index], vertex_weights, pixel_weights, on_face)
+    return Explanation(predictor.classes[class_index], vertex_weights, pixel_weights, on_face,
+                       pixel_size(cameras, predictor.image_size))
+
+
+def pixel_size(cameras: Cameras, size: int) -> float:
+    """The mean over the views of one pixel's width at the point the cameras look at (the origin)."""
+    clip = cameras.world_to_clip.reshape(-1, 4, 4).double()
+    ndc_per_unit = clip[:, 1, :3].norm(dim=1) / clip[:, 3, 3].abs()  # d(ndc y) / d(world) at the origin
+    return float((2.0 / (size * ndc_per_unit)).mean())
+
+
+def heat_map(explanation: Explanation, mesh: Mesh) -> np.ndarray:
+    """Vertex colours in [0, 1]: the weights averaged over about one pixel's footprint on the surface (repeated
+    averaging over each vertex's triangles), scaled so that the top (1 - HEAT_SATURATION) saturate."""
+    faces = mesh.faces.astype(np.int64)
+    edges = mesh.vertices[faces] - mesh.vertices[np.roll(faces, 1, axis=1)]
+    mean_edge = float(np.linalg.norm(edges, axis=-1).mean())
+    # Averaging spreads a value over about sqrt(steps) edges.
+    steps = min(MAX_SPREAD_STEPS, math.ceil((explanation.pixel_size / max(mean_edge, 1e-12)) ** 2))
+    weights = explanation.vertex_weights.astype(np.float64)
+    triangles_per_vertex = np.bincount(faces.ravel(), minlength=len(weights))
+    for _ in range(steps):
+        triangle_means = weights[faces].mean(axis=1)
+        spread = np.bincount(faces.ravel(), weights=np.repeat(triangle_means, 3), minlength=len(weights))
+        weights = np.where(triangles_per_vertex > 0, spread / np.maximum(triangles_per_vertex, 1), weights)
+    top = float(np.quantile(weights, HEAT_SATURATION))
+    return np.clip(weights / top, 0, 1).astype(np.float32) if top > 0 else np.zeros_like(weights, np.float32)
 
 
 def explain_views(vertices, faces, cameras: Cameras, size: int, recipe: str,

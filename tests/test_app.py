@@ -242,3 +242,18 @@ def test_without_a_checkpoint_or_a_shipped_demo_model_the_page_says_what_to_pass
     app = started(None)
     assert not app.exception and "no demo model ships" in app.error[0].value
     assert "--checkpoint PATH" in app.error[0].value
+
+
+def test_affectvlm_app_refuses_a_missing_checkpoint_before_starting_a_server(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "absent.safetensors"
+    result = subprocess.run([sys.executable, "-m", "affectvlm", "app", "--checkpoint", str(missing)],
+                            capture_output=True, text=True, cwd=root, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"affectvlm app: error: {missing}: no such checkpoint file"

@@ -16,7 +16,8 @@ import torch
 from affectvlm.data.procedural_face import ProceduralFaceModel
 from affectvlm.data.synthetic import expression_weights
 from affectvlm.data.views import IMAGE_RECIPES, render_model_views
-from affectvlm.explain import carry_to_vertices, explain, explain_views, mesh_fragments
+from affectvlm.explain import (Explanation, carry_to_vertices, explain, explain_views, heat_map, mesh_fragments,
+                               pixel_size)
 from affectvlm.geometry.cameras import view_cameras
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.geometry.normalise import normalise
@@ -104,6 +105,20 @@ def test_a_smile_is_explained_by_the_regions_it_moved(recipe):
     # Measured over identities 0-9: 99% with the recipes without depth; 85-98% with depth, which is normalised
     # per view, so a smile shifts every depth pixel a little (identity 4, used here, is the lowest of the ten).
     assert share > 0.8 and share > share_by_area + 0.3
+
+    # Drawn, the map spreads over about a pixel's footprint and still marks the moved regions.
+    colours = heat_map(Explanation("happiness", vertex_weights, pixel_weights, 1.0, pixel_size(cameras, size)),
+                       Mesh(smile, faces))
+    assert colours.min() >= 0 and colours.max() == 1
+    assert colours[moved].mean() > 3 * colours[~moved].mean()
+
+
+def test_pixel_size_is_the_width_a_pixel_covers_at_the_origin():
+    size = 64
+    perspective = view_cameras(VIEWS)  # 45 degrees vertical field of view at distance 2.8
+    assert pixel_size(perspective, size) == pytest.approx(2 * 2.8 * np.tan(np.radians(22.5)) / size, rel=1e-5)
+    orthographic = view_cameras(VIEWS, projection="orthographic")  # half height 1.1
+    assert pixel_size(orthographic, size) == pytest.approx(2.2 / size, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
