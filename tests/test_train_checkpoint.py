@@ -140,14 +140,24 @@ def test_a_write_that_reads_back_wrong_is_not_renamed(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     write_example(path)
     good = path.read_bytes()
-    real_load = ckpt.load_checkpoint
+    real_names = ckpt.checkpoint_names
 
-    def lossy_load(file):
-        loaded = real_load(file)
-        loaded.tensors.pop(next(iter(loaded.tensors)))
-        return loaded
+    def lossy_names(file):
+        return set(sorted(real_names(file))[1:])
 
-    monkeypatch.setattr(ckpt, "load_checkpoint", lossy_load)
+    monkeypatch.setattr(ckpt, "checkpoint_names", lossy_names)
     with pytest.raises(CheckpointError, match="read back with other tensors"):
         write_example(path, small_net(7))
     assert path.read_bytes() == good
+
+
+def test_mismatch_names_the_first_differing_setting(tmp_path):
+    path = tmp_path / "last.safetensors"
+    write_example(path, info={"data": {"source": {"size": 32, "views": ["frontal"]}, "crop": [0.9, 1.1]}})
+    loaded = ckpt.load_checkpoint(path)
+    ckpt.require_match(loaded, "the data settings", {"source": {"size": 32, "views": ("frontal",)},
+                                                     "crop": (0.9, 1.1)}, loaded.info["data"])  # tuples = lists
+    with pytest.raises(CheckpointError, match=r"the data settings differs from this run's in source.size "
+                                              r"\(checkpoint: 32; this run: 64\)"):
+        ckpt.require_match(loaded, "the data settings", {"source": {"size": 64, "views": ["frontal"]},
+                                                         "crop": [0.9, 1.1]}, loaded.info["data"])

@@ -63,8 +63,7 @@ def _write_atomically(path: Path, data: bytes, expected_names: set[str]) -> None
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        written = load_checkpoint(temporary)
-        if set(written.tensors) != expected_names:
+        if checkpoint_names(temporary) != expected_names:
             raise CheckpointError(f"{temporary}: read back with other tensors than were written")
         os.replace(temporary, path)
     finally:
@@ -76,18 +75,17 @@ def _write_atomically(path: Path, data: bytes, expected_names: set[str]) -> None
         os.close(folder)
 
 
+def checkpoint_names(path: str | Path) -> set[str]:
+    """The tensor names of a checkpoint, from its header alone (which safetensors checks against the file's
+    size, so a truncated file fails here)."""
+    return set(_read(Path(path), lambda file: file.keys()))
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint; a missing, truncated or foreign file raises CheckpointError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(path, framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {name: file.get_tensor(name) for name in file.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged ({reason})") from None
+    metadata, tensors = _read(path, lambda file: (file.metadata() or {},
+                                                  {name: file.get_tensor(name) for name in file.keys()}))
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: a safetensors file but not an AffectVLM checkpoint (no '{METADATA_KEY}' "
                               "metadata)")
@@ -103,14 +101,40 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, tensors, info)
 
 
+def _read(path: Path, read):
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(path, framework="pt") as file:
+            return read(file)
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged ({reason})") from None
+
+
 def require_match(checkpoint: Checkpoint, what: str, expected, found_in_checkpoint) -> None:
-    """Raise a one-line CheckpointError when the checkpoint's `what` differs from this run's."""
-    if found_in_checkpoint != expected:
-        raise CheckpointError(f"{checkpoint.path}: {what} differs from this run's (checkpoint: "
-                              f"{_short(found_in_checkpoint)}; this run: {_short(expected)})")
+    """Raise a one-line CheckpointError, naming the first difference, when the checkpoint's `what` differs from
+    this run's (compared as JSON, so tuples equal lists)."""
+    difference = _first_difference(json.loads(json.dumps(found_in_checkpoint)), json.loads(json.dumps(expected)))
+    if difference is not None:
+        where, stored, own = difference
+        raise CheckpointError(f"{checkpoint.path}: {what} differs from this run's{where} (checkpoint: "
+                              f"{_short(stored)}; this run: {_short(own)})")
 
 
-def _short(value, limit: int = 160) -> str:
+def _first_difference(stored, own, where: str = ""):
+    """(path, stored value, own value) of the first difference between two JSON values, or None."""
+    if isinstance(stored, dict) and isinstance(own, dict):
+        for key in sorted(set(stored) | set(own)):
+            if key not in stored or key not in own or stored[key] != own[key]:
+                return _first_difference(stored.get(key), own.get(key), f"{where}.{key}" if where else key)
+        return None
+    if stored == own:
+        return None
+    return (f" in {where}" if where else "", stored, own)
+
+
+def _short(value, limit: int = 120) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[:limit] + "..."
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -70,8 +71,16 @@ def start_runtime(config: TrainConfig) -> Runtime:
     device = torch.device("cuda", local_rank) if wanted.startswith("cuda") else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(dist.get_rank(), dist.get_world_size(), device)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # torchrun's agent keeps its store across restarts of the worker group: a prefix per attempt keeps the
+    # restarted workers from reading the addresses that the dead group's processes left there.
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
+                          timeout=timedelta(minutes=10))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore(
+        f"affectvlm/attempt-{attempt}", store), rank=rank, world_size=world_size)
+    return Runtime(rank, world_size, device)
 
 
 def barrier(runtime: Runtime) -> None:
@@ -177,7 +186,7 @@ def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
 
     require_match(stored, "the model config", static_info["model"], stored.info["model"])
     require_match(stored, "the label set", static_info["classes"], stored.info["classes"])
-    require_match(stored, "the data and render settings", static_info["data"], stored.info["data"])
+    require_match(stored, "the data settings", static_info["data"], stored.info["data"])
     for key in ("seed", "batch_size", "accumulate"):
         require_match(stored, f"--{key.replace('_', '-')}", getattr(config, key), stored.info["config"][key])
     require_match(stored, "the number of processes", static_info["world_size"], stored.info["world_size"])
