@@ -1,5 +1,5 @@
 """The app's latency, with an affect-tiny checkpoint (112 px, 3 views; trained one step, which does not change
-the cost) and the built-in generator's 20,600-triangle face, each against a peer in the same run:
+the cost) and the built-in generator's 21,178-triangle face, each against a peer in the same run:
 
 - server work per upload: what the app computes for one uploaded PLY file (read, normalise, render, encode,
   match, then the explanation and the 3D figure's JSON), beside `affectvlm.predict.predict` on the same file (the
