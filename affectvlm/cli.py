@@ -12,11 +12,6 @@ from pathlib import Path
 import affectvlm
 from affectvlm._ext import _C, cuda_status
 
-# Subcommands that later releases fill in; until then they say so instead of failing obscurely.
-PLANNED = {
-    "app": "start the Streamlit demo",
-}
-
 
 def _package_status(distribution: str, module: str) -> dict:
     """Installed version of a dependency and whether it imports."""
@@ -316,9 +311,40 @@ def _validate_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--robustness-subjects must be at least 1, got {args.robustness_subjects}")
 
 
-def run_planned(args: argparse.Namespace) -> int:
-    print(f"affectvlm {args.command}: not available yet in affectvlm {affectvlm.__version__}", file=sys.stderr)
-    return 2
+def run_app(args: argparse.Namespace) -> int:
+    """Become the Streamlit server of the app (affectvlm/app.py of this installation) until it is stopped."""
+    import os
+
+    from affectvlm.app_inputs import NoDemoModel, default_checkpoint
+
+    try:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    except NoDemoModel as error:
+        print(f"affectvlm app: error: {error}", file=sys.stderr)
+        return 2
+    if not checkpoint.is_file():
+        print(f"affectvlm app: error: {checkpoint}: no such checkpoint file", file=sys.stderr)
+        return 2
+    script = Path(affectvlm.__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+               "--server.address", args.address, "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+               "--", "--checkpoint", str(checkpoint.resolve())]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # the server gets the signals (Ctrl+C) and the exit status directly
+
+
+def _add_app_parser(commands) -> None:
+    app = commands.add_parser(
+        "app", help="start the app in the browser (Streamlit)",
+        description="Start the AffectVLM app: upload a face mesh or a 4D sequence, or make a synthetic face, and see "
+                    "the prediction, the views the model saw and an explanation on the face. Open the URL it "
+                    "prints; stop it with Ctrl+C.")
+    app.add_argument("--checkpoint", help="a checkpoint written by affectvlm train (default: the demo model)")
+    app.add_argument("--port", type=_positive_int, default=8501, help="port to serve on (default %(default)s)")
+    app.add_argument("--address", default="localhost",
+                     help="address to serve on (default %(default)s; 0.0.0.0 for every network interface)")
+    app.set_defaults(handler=run_app)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,18 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
-
-    for name, help_text in PLANNED.items():
-        planned = commands.add_parser(name, help=f"{help_text} (not available yet)")
-        planned.set_defaults(handler=run_planned)
+    _add_app_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in PLANNED:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     if hasattr(args, "validate"):
         args.validate(args)
     return args.handler(args)

@@ -8,6 +8,8 @@ augmenter with augmentation off). `load_predictor` and `predict` serve the comma
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augment
 from affectvlm.data.views import render_model_views
 from affectvlm.geometry.cameras import view_cameras
 from affectvlm.geometry.io import READABLE_FORMATS, load_mesh
-from affectvlm.geometry.mesh import MeshError
+from affectvlm.geometry.mesh import DEFAULT_MAX_FACES, Mesh, MeshError
 from affectvlm.geometry.normalise import normalise
 
 FRAMES_PER_BATCH = 16
+STAGES = ("read", "normalise", "render", "encode", "match")  # what Inspection.seconds times
 
 
 @dataclass
@@ -87,20 +90,72 @@ def predict(predictor: Predictor, inputs: list[str | Path], top_prompts: int = 3
 
 
 def _predict_one(predictor: Predictor, path: Path, top_prompts: int) -> Prediction:
-    if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in READABLE_FORMATS)
-        if not frames:
-            raise ValueError(f"{path}: a folder with no mesh files ({', '.join(READABLE_FORMATS)})")
-        embeddings = torch.cat([embed_meshes(predictor, frames[i:i + FRAMES_PER_BATCH])
-                                for i in range(0, len(frames), FRAMES_PER_BATCH)])
-        with torch.no_grad():
-            sequence = predictor.model.fuse_frames(embeddings[None], torch.ones(1, len(frames), dtype=torch.bool,
+    meshes, frame_files = read_input(path)
+    return inspect_meshes(predictor, str(path), meshes, frame_files, top_prompts).prediction
+
+
+@dataclass
+class Inspection:
+    """A prediction with what led to it, for the app: the meshes in the canonical frame, the views exactly as
+    the model saw them, and the time each stage took."""
+
+    prediction: Prediction
+    meshes: list[Mesh]  # one per frame, normalised
+    views: torch.Tensor  # (N, K, 3, H, W) in [0, 1], before the CLIP normalisation; N frames
+    seconds: dict[str, float]  # per stage, in the order of STAGES
+
+
+def read_input(path: str | Path, max_faces: int = DEFAULT_MAX_FACES) -> tuple[list[Mesh], list[str] | None]:
+    """The meshes of one input: a mesh file, or a folder of a sequence's frames in file name order (then also
+    the frames' file names). MeshError, OSError or ValueError name what cannot be read."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise OSError(f"{path}: no such file")
+        return [load_mesh(path, max_faces)], None
+    frames = sorted(p for p in path.iterdir() if p.suffix.lower() in READABLE_FORMATS)
+    if not frames:
+        raise ValueError(f"{path}: a folder with no mesh files ({', '.join(READABLE_FORMATS)})")
+    return [load_mesh(frame, max_faces) for frame in frames], [frame.name for frame in frames]
+
+
+@torch.no_grad()
+def inspect_meshes(predictor: Predictor, name: str, meshes: list[Mesh], frame_files: list[str] | None = None,
+                   top_prompts: int = 3, read_seconds: float = 0.0) -> Inspection:
+    """Predict one input from its meshes as read (several meshes with `frame_files`: a sequence's frames),
+    timing each stage."""
+    seconds = {stage: 0.0 for stage in STAGES} | {"read": read_seconds}
+    with _timed(seconds, "normalise"):
+        meshes = [normalise(mesh) for mesh in meshes]
+    views, embeddings = [], []
+    for start in range(0, len(meshes), FRAMES_PER_BATCH):
+        chunk = meshes[start:start + FRAMES_PER_BATCH]
+        with _timed(seconds, "render"):
+            views.append(model_views(predictor, [torch.from_numpy(m.vertices) for m in chunk],
+                                     [torch.from_numpy(m.faces) for m in chunk]))
+        with _timed(seconds, "encode"):
+            embeddings.append(encode_model_views(predictor, views[-1]))
+    embeddings = torch.cat(embeddings)
+    if frame_files is None:
+        with _timed(seconds, "match"):
+            result = _describe(predictor, name, embeddings, top_prompts)
+    else:
+        with _timed(seconds, "encode"):
+            sequence = predictor.model.fuse_frames(embeddings[None], torch.ones(1, len(meshes), dtype=torch.bool,
                                                                                 device=embeddings.device))
-        result = _describe(predictor, str(path), sequence, top_prompts)
-        result.frames = [_probabilities(predictor, row) for row in _classify(predictor, embeddings)]
-        result.frame_files = [frame.name for frame in frames]
-        return result
-    return _describe(predictor, str(path), embed_meshes(predictor, [path]), top_prompts)
+        with _timed(seconds, "match"):
+            result = _describe(predictor, name, sequence, top_prompts)
+            result.frames = [_probabilities(predictor, row) for row in _classify(predictor, embeddings)]
+            result.frame_files = list(frame_files)
+    return Inspection(result, meshes, torch.cat(views).cpu(), seconds)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    """Add the wall time of the block to seconds[stage]."""
+    start = time.perf_counter()
+    yield
+    seconds[stage] += time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -118,11 +173,21 @@ def embed_meshes(predictor: Predictor, paths: list[Path]) -> torch.Tensor:
 @torch.no_grad()
 def embed_vertices(predictor: Predictor, vertices: list[torch.Tensor], faces: list[torch.Tensor]) -> torch.Tensor:
     """Fused view embeddings (N, D) of meshes already in the canonical frame."""
+    return encode_model_views(predictor, model_views(predictor, vertices, faces))
+
+
+def model_views(predictor: Predictor, vertices: list[torch.Tensor], faces: list[torch.Tensor]) -> torch.Tensor:
+    """The views (N, K, 3, H, W) in [0, 1] of meshes in the canonical frame, rendered as in training."""
     device = predictor.device
     cameras = view_cameras(predictor.views, projection=predictor.projection)
-    images = torch.cat([render_model_views(v[None].to(device), f.to(device), cameras, predictor.image_size,
-                                           predictor.recipe) for v, f in zip(vertices, faces)])
-    count, views = images.shape[:2]
+    return torch.cat([render_model_views(v[None].to(device), f.to(device), cameras, predictor.image_size,
+                                         predictor.recipe) for v, f in zip(vertices, faces)])
+
+
+def encode_model_views(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
+    """Fused view embeddings (N, D) of views (N, K, 3, H, W) in [0, 1]: normalised as in evaluation, then
+    encoded. Differentiable (the explanation takes gradients through it); callers choose no_grad."""
+    count = images.shape[0]
     ids = torch.arange(count).numpy()
     plan = plan_augmentation(AugmentSettings.off(), 0, 0, ids, -torch.ones(count, dtype=torch.int64).numpy(),
                              -torch.ones(count, dtype=torch.int64).numpy(), torch.ones(count, dtype=torch.bool).numpy(),
@@ -131,9 +196,14 @@ def embed_vertices(predictor: Predictor, vertices: list[torch.Tensor], faces: li
     return predictor.model.fuse_views(predictor.model.encode_views(model_input)).float()
 
 
+def class_logits(predictor: Predictor, embeddings: torch.Tensor) -> torch.Tensor:
+    """(N, C) calibrated class logits of fused embeddings; their softmax is the predicted probabilities."""
+    return predictor.model.logits(embeddings, predictor.bank)
+
+
 def _classify(predictor: Predictor, embeddings: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return predictor.model.logits(embeddings, predictor.bank).softmax(dim=-1).cpu()
+        return class_logits(predictor, embeddings).softmax(dim=-1).cpu()
 
 
 def _probabilities(predictor: Predictor, row: torch.Tensor) -> dict[str, float]:

@@ -108,19 +108,7 @@ def _identity(seed: int):
     return model, model.rig(model.random_identity(np.random.default_rng(seed)))
 
 
-<<<<<<< HEAD
-PICTURES = {"expressions": expression_grid, "views": view_grid}
-=======
-def _save(figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
-
-
 PICTURES = {"expressions": expression_grid, "views": view_grid, "augmentation": augmentation_grid}
->>>>>>> sources
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,3 +48,30 @@ def mesh_cache(static_dataset, tmp_path_factory):
     from affectvlm.data.mesh_cache import build_mesh_cache
 
     return build_mesh_cache(static_dataset, tmp_path_factory.mktemp("mesh-cache") / "cache").path
+
+
+# A checkpoint for the app's and the explanation's tests: a tiny model trained for two steps on `static_dataset`
+# by the real trainer (seconds). Its predictions mean little; the tests check the plumbing, not the accuracy.
+TINY_APP_MODEL = {"embed_dim": 32,
+                  "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+                  "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def app_checkpoint(static_dataset, tmp_path_factory):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("app-checkpoint")
+    (folder / "tiny.json").write_text(json.dumps(TINY_APP_MODEL))
+    command = [sys.executable, "-m", "affectvlm.train", str(static_dataset), "--model", str(folder / "tiny.json"),
+               "--out", str(folder / "run"), "--max-steps", "2", "--epochs", "1", "--batch-size", "8", "--folds", "2",
+               "--device", "cpu", "--no-progress"]
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder / "run" / "best.safetensors"

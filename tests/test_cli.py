@@ -40,7 +40,7 @@ def test_info_says_which_cpu_code_runs_and_the_environment_can_force_the_baselin
 
 
 def test_planned_subcommands_say_they_are_not_available():
-    for command in ["evaluate", "app"]:
+    for command in ["evaluate"]:
         result = run(command, "--some-flag", "value")
         assert result.returncode == 2
         assert f"affectvlm {command}: not available yet" in result.stderr

@@ -1,0 +1,113 @@
+"""Explanations on the face: which parts of the mesh drove a prediction.
+
+The score of a class (its logit) is differentiated with respect to every pixel of every view the model saw
+(the views in [0, 1], before the CLIP normalisation, so the gradient flows through that normalisation and the
+whole image tower). The gradient's magnitude, summed over the three channels, says how much each pixel
+mattered. Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle
+covers the pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the
+triangle's three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
+The result is a weight per vertex. To draw it (`heat_map`), the weights are spread over about one pixel's
+footprint on the surface: a fine mesh has more vertices than the views have pixels, and drawn raw, the vertices
+that no pixel centre fell near would speckle the map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from affectvlm.data.views import render_model_views
+from affectvlm.geometry.cameras import Cameras, view_cameras
+from affectvlm.geometry.mesh import Mesh
+from affectvlm.ops.raster import Fragments, render_views
+from affectvlm.predict import class_logits, encode_model_views
+
+
+@dataclass
+class Explanation:
+    class_name: str
+    vertex_weights: np.ndarray  # (V,) float32 >= 0: the pixel weights carried onto the mesh's vertices
+    pixel_weights: torch.Tensor  # (K, H, W): |d score / d pixel| summed over the channels, every pixel
+    on_face: float  # the fraction of the pixel weights that lies on pixels the mesh covers
+    pixel_size: float  # the views' pixel size at the centre of the canonical frame (the mesh's units)
+
+
+HEAT_SATURATION = 0.99  # heat_map's colours run up to this quantile of the weights
+MAX_SPREAD_STEPS = 64
+
+
+def explain(predictor, mesh: Mesh, class_index: int) -> Explanation:
+    """The explanation of `class_index`'s logit for one mesh in the canonical frame (as in
+    `affectvlm.predict.Inspection.meshes`), rendered and encoded exactly as for the prediction."""
+    def class_score(images: torch.Tensor) -> torch.Tensor:
+        return class_logits(predictor, encode_model_views(predictor, images))[0, class_index]
+
+    cameras = view_cameras(predictor.views, projection=predictor.projection)
+    with torch.enable_grad():
+        vertex_weights, pixel_weights = explain_views(mesh.vertices, mesh.faces, cameras, predictor.image_size,
+                                                      predictor.recipe, class_score, predictor.device)
+    total = float(pixel_weights.sum())
+    on_face = float(vertex_weights.sum()) / total if total > 0 else 0.0
+    return Explanation(predictor.classes[class_index], vertex_weights, pixel_weights, on_face,
+                       pixel_size(cameras, predictor.image_size))
+
+
+def pixel_size(cameras: Cameras, size: int) -> float:
+    """The mean over the views of one pixel's width at the point the cameras look at (the origin)."""
+    clip = cameras.world_to_clip.reshape(-1, 4, 4).double()
+    ndc_per_unit = clip[:, 1, :3].norm(dim=1) / clip[:, 3, 3].abs()  # d(ndc y) / d(world) at the origin
+    return float((2.0 / (size * ndc_per_unit)).mean())
+
+
+def heat_map(explanation: Explanation, mesh: Mesh) -> np.ndarray:
+    """Vertex colours in [0, 1]: the weights averaged over about one pixel's footprint on the surface (repeated
+    averaging over each vertex's triangles), scaled so that the top (1 - HEAT_SATURATION) saturate."""
+    faces = mesh.faces.astype(np.int64)
+    edges = mesh.vertices[faces] - mesh.vertices[np.roll(faces, 1, axis=1)]
+    mean_edge = float(np.linalg.norm(edges, axis=-1).mean())
+    # Averaging spreads a value over about sqrt(steps) edges.
+    steps = min(MAX_SPREAD_STEPS, math.ceil((explanation.pixel_size / max(mean_edge, 1e-12)) ** 2))
+    weights = explanation.vertex_weights.astype(np.float64)
+    triangles_per_vertex = np.bincount(faces.ravel(), minlength=len(weights))
+    for _ in range(steps):
+        triangle_means = weights[faces].mean(axis=1)
+        spread = np.bincount(faces.ravel(), weights=np.repeat(triangle_means, 3), minlength=len(weights))
+        weights = np.where(triangles_per_vertex > 0, spread / np.maximum(triangles_per_vertex, 1), weights)
+    top = float(np.quantile(weights, HEAT_SATURATION))
+    return np.clip(weights / top, 0, 1).astype(np.float32) if top > 0 else np.zeros_like(weights, np.float32)
+
+
+def explain_views(vertices, faces, cameras: Cameras, size: int, recipe: str,
+                  score: Callable[[torch.Tensor], torch.Tensor], device="cpu") -> tuple[np.ndarray, torch.Tensor]:
+    """(vertex weights (V,), pixel weights (K, H, W)) of a scalar `score` of one mesh's model views
+    (1, K, 3, H, W), rendered with `render_model_views` (the function predict and training use)."""
+    vertices = torch.as_tensor(vertices, dtype=torch.float32, device=device)
+    faces = torch.as_tensor(faces, dtype=torch.int32, device=device)
+    images = render_model_views(vertices[None], faces, cameras, size, recipe).requires_grad_(True)
+    gradient, = torch.autograd.grad(score(images), images)
+    pixel_weights = gradient[0].abs().sum(dim=1)
+    fragments = mesh_fragments(vertices, faces, cameras, size)
+    return carry_to_vertices(pixel_weights, fragments, faces, len(vertices)).numpy(), pixel_weights.cpu()
+
+
+def mesh_fragments(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, size: int) -> Fragments:
+    """Which triangle covers each pixel of each view, and where: the same rasterisation as the model's views."""
+    _, fragments = render_views(vertices[None], faces, cameras, size, channels=("mask",), return_fragments=True,
+                                return_barycentrics=True)
+    return fragments
+
+
+def carry_to_vertices(pixel_weights: torch.Tensor, fragments: Fragments, faces: torch.Tensor,
+                      num_vertices: int) -> torch.Tensor:
+    """Vertex weights (V,) float32 on the CPU: each covered pixel's weight (K, H, W) shared among the corners
+    of the triangle that covers it, in proportion to its barycentrics; uncovered pixels give nothing."""
+    triangle_ids = fragments.triangle_ids[0].cpu()  # (K, H, W)
+    barycentrics = fragments.barycentrics[0].cpu().permute(0, 2, 3, 1)  # (K, H, W, 3)
+    covered = triangle_ids >= 0
+    corners = faces.cpu().long()[triangle_ids[covered].long()]  # (P, 3)
+    shares = pixel_weights.detach().cpu().float()[covered][:, None] * barycentrics[covered]  # (P, 3)
+    return torch.zeros(num_vertices).index_add_(0, corners.reshape(-1), shares.reshape(-1))
