@@ -39,13 +39,6 @@ def test_info_says_which_cpu_code_runs_and_the_environment_can_force_the_baselin
     assert "CPU        kernels run baseline (SSE2) code" in forced.stdout
 
 
-def test_planned_subcommands_say_they_are_not_available():
-    for command in ["evaluate"]:
-        result = run(command, "--some-flag", "value")
-        assert result.returncode == 2
-        assert f"affectvlm {command}: not available yet" in result.stderr
-
-
 def test_missing_or_unknown_subcommand_is_a_usage_error():
     assert run().returncode == 2
     unknown = run("fly")
