@@ -36,13 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from affectvlm.data.draws import uniform
+
 SWAPPED_BY_FLIP = {"left": "right", "right": "left"}
 
-# Domain tag of this module's random stream, so the same (seed, epoch, sample, view) elsewhere (camera jitter)
-# draws unrelated numbers.
-_STREAM = 0x6175676D656E7400  # "augment\0"
-# The "view" counter of the per-sample draws (the flip), beyond any real view index.
-_SAMPLE_SLOT = 1 << 32
 # Per-view draw counters.
 _ROTATION, _CROP_SCALE, _CROP_RATIO, _CROP_X, _CROP_Y, _BRIGHTNESS, _CONTRAST, _MIX, _DONOR = range(9)
 _VIEW_DRAWS = 9
@@ -138,8 +135,8 @@ def plan_augmentation(settings: AugmentSettings, seed: int, epoch: int, sample_i
         raise ValueError("plan_augmentation: view_names is empty")
     if seed < 0 or epoch < 0:
         raise ValueError(f"plan_augmentation: seed and epoch must be >= 0 (got seed={seed}, epoch={epoch})")
-    draws = _uniforms(seed, epoch, sample_ids, np.arange(views), _VIEW_DRAWS)          # (B, K, draws)
-    flipped = _uniforms(seed, epoch, sample_ids, np.array([_SAMPLE_SLOT]), 1)[:, 0, 0] < settings.flip
+    draws = uniform("augment", seed, epoch, sample_ids, views, _VIEW_DRAWS)          # (B, K, draws)
+    flipped = uniform("flip", seed, epoch, sample_ids, 1, 1)[:, 0, 0] < settings.flip
 
     donor_rows, mixed_in_place = _donors(settings.mix, draws, sample_ids, labels, intensity, valid)
     swapped = np.array([view_names.index(SWAPPED_BY_FLIP[name]) if name in SWAPPED_BY_FLIP
@@ -166,25 +163,6 @@ def _batch_columns(sample_ids, labels, intensity, valid):
     if (columns[0] < 0).any():
         raise ValueError("plan_augmentation: sample_ids must be >= 0")
     return columns
-
-
-def _uniforms(seed: int, epoch: int, sample_ids: np.ndarray, views: np.ndarray, count: int) -> np.ndarray:
-    """(B, V, count) uniforms in [0, 1): splitmix64 hashes of (stream, seed, epoch, sample, view, draw)."""
-    with np.errstate(over="ignore"):
-        key = np.array([_STREAM], dtype=np.uint64)
-        for value in (seed, epoch):
-            key = _splitmix(key ^ np.uint64(value))
-        key = _splitmix(key ^ sample_ids.astype(np.uint64))[:, None, None]
-        key = _splitmix(key ^ views.astype(np.uint64)[None, :, None])
-        key = _splitmix(key ^ np.arange(count, dtype=np.uint64)[None, None, :])
-    return (key >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def _donors(mix: float, draws, sample_ids, labels, intensity, valid):
