@@ -162,10 +162,7 @@ class MetricsLog:
                 file.write(json.dumps(record) + "\n")
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from affectvlm.plotting import plt, save_figure
 
         steps = [r for r in self.records if r["kind"] == "step"]
         evals = [r for r in self.records if r["kind"] == "eval"]
@@ -179,8 +176,7 @@ class MetricsLog:
         accuracy_axis.set(xlabel="optimizer step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
         accuracy_axis.legend()
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
+        save_figure(figure, path)
 
 
 def train(module: nn.Module, train_module: TrainModule, optimizer: torch.optim.Optimizer, pipeline, eval_pipeline,
