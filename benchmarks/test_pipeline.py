@@ -65,28 +65,31 @@ def run_batches(benchmark, pipeline: ViewPipeline, rounds: int = 2):
     pull_batches(benchmark, synchronised(), rounds)
 
 
-@pipeline_group
-@needs_dali
-def test_cached_dali_cpu(benchmark, folders):
-    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="dali", device="cpu"))
+# Each source with each augmentation backend and device; ids read like the RESULTS rows (cached_torch, ...).
+BACKENDS = [
+    pytest.param("dali", "cpu", marks=needs_dali, id="dali_cpu"),
+    pytest.param("torch", "cpu", id="torch"),
+    pytest.param("dali", "cuda", marks=[needs_gpu, needs_dali, pytest.mark.cuda], id="dali_cuda"),
+    pytest.param("torch", "cuda", marks=[needs_gpu, pytest.mark.cuda], id="torch_cuda"),
+]
+
+
+def rounds_on(device: str) -> int:
+    return 5 if device == "cuda" else 2
 
 
 @pipeline_group
-def test_cached_torch(benchmark, folders):
-    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="torch", device="cpu"))
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_cached(benchmark, folders, backend, device):
+    pipeline = ViewPipeline(CachedViews(folders / "views"), BATCH, backend=backend, device=device)
+    run_batches(benchmark, pipeline, rounds=rounds_on(device))
 
 
 @pipeline_group
-@needs_dali
-def test_online_dali_cpu(benchmark, folders):
-    source = OnlineViews(folders / "meshes", size=SIZE, device="cpu")
-    run_batches(benchmark, ViewPipeline(source, BATCH, backend="dali", device="cpu"))
-
-
-@pipeline_group
-def test_online_torch(benchmark, folders):
-    source = OnlineViews(folders / "meshes", size=SIZE, device="cpu")
-    run_batches(benchmark, ViewPipeline(source, BATCH, backend="torch", device="cpu"))
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_online(benchmark, folders, backend, device):
+    source = OnlineViews(folders / "meshes", size=SIZE, device=device)
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend=backend, device=device), rounds=rounds_on(device))
 
 
 class CachedSampleDataset(torch.utils.data.Dataset):
@@ -118,32 +121,6 @@ def test_dataloader_torchvision_v2(benchmark, folders):
     loader = torch.utils.data.DataLoader(CachedSampleDataset(folders / "views"), batch_size=BATCH, shuffle=True,
                                          num_workers=2, persistent_workers=True, drop_last=True)
     pull_batches(benchmark, itertools.chain.from_iterable(itertools.repeat(loader)))
-
-
-@pipeline_group
-@needs_gpu
-@needs_dali
-@pytest.mark.cuda
-def test_cached_dali_cuda(benchmark, folders):
-    run_batches(benchmark, ViewPipeline(CachedViews(folders / "views"), BATCH, backend="dali", device="cuda"),
-                rounds=5)
-
-
-@pipeline_group
-@needs_gpu
-@pytest.mark.cuda
-def test_online_torch_cuda(benchmark, folders):
-    source = OnlineViews(folders / "meshes", size=SIZE, device="cuda")
-    run_batches(benchmark, ViewPipeline(source, BATCH, backend="torch", device="cuda"), rounds=5)
-
-
-@pipeline_group
-@needs_gpu
-@needs_dali
-@pytest.mark.cuda
-def test_online_dali_cuda(benchmark, folders):
-    source = OnlineViews(folders / "meshes", size=SIZE, device="cuda")
-    run_batches(benchmark, ViewPipeline(source, BATCH, backend="dali", device="cuda"), rounds=5)
 
 
 @pytest.mark.benchmark(group="mesh-load")
