@@ -126,8 +126,12 @@ def _validate_generate(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error("--frames must be at least 3 (neutral, apex, neutral)")
 
 
-# The render channels a dataset folder can supply (per-vertex attributes are not stored in mesh files).
-IMAGE_CHANNELS = ("depth", "normal", "shading", "mask")
+def stored_channels() -> tuple[str, ...]:
+    """The raw render channels a dataset folder can supply: the rasteriser's channels of a fixed width (per-vertex
+    attributes are not stored in mesh files)."""
+    from affectvlm.ops.raster import CHANNEL_WIDTHS
+
+    return tuple(name for name, width in CHANNEL_WIDTHS.items() if width is not None)
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -178,7 +182,7 @@ def _add_render_parser(commands) -> None:
                              "(default: its DEFAULT_RECIPE)")
     render.add_argument("--channels", default=None,
                         help=f"store these raw channels instead of a recipe: comma-separated from "
-                             f"{', '.join(IMAGE_CHANNELS)}")
+                             f"{', '.join(stored_channels())}")
     render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
     render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
@@ -206,9 +210,10 @@ def _validate_render(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.channels is not None:
         if args.recipe is not None:
             parser.error("--recipe and --channels exclude each other (a cache holds one or the other)")
+        known = stored_channels()
         for channel in args.channels.split(","):
-            if channel not in IMAGE_CHANNELS:
-                parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(IMAGE_CHANNELS)})")
+            if channel not in known:
+                parser.error(f"unknown channel '{channel}' in --channels (choose from {', '.join(known)})")
         if len(set(args.channels.split(","))) != len(args.channels.split(",")):
             parser.error("--channels lists a channel twice")
     if args.device == "cuda" and not cuda_status().usable:
