@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from affectvlm.data.emotions import EMOTIONS
 from affectvlm.model.affect_model import AffectVLM, build_model
+from affectvlm.model.embedding_norm import EmbeddingNorm
 from affectvlm.model.factory import PACKAGE_CONFIGS, ModelConfigError, create_clip
 from affectvlm.model.fusion import MaskedPooling
 from affectvlm.model.prompts import PromptBank
@@ -262,3 +263,41 @@ def test_bad_model_names_and_configs_give_a_one_line_error(tmp_path, content, pr
     assert str(error.value).startswith(str(path)) and problem in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ModelConfigError, match="unknown model 'ViT-Q-99'"):
         create_clip("ViT-Q-99")
+
+
+def test_embedding_norm_standardises_like_batch_norm_and_keeps_its_running_statistics():
+    generator = torch.Generator().manual_seed(11)
+    norm, reference = EmbeddingNorm(16), torch.nn.BatchNorm1d(16, affine=False, momentum=0.1)
+    for _ in range(3):
+        embeddings = torch.randn(4, 3, 16, generator=generator) * 5 + torch.randn(16, generator=generator)
+        torch.testing.assert_close(norm(embeddings), reference(embeddings.reshape(12, 16)).reshape(4, 3, 16))
+    torch.testing.assert_close(norm.running_mean, reference.running_mean)
+    torch.testing.assert_close(norm.running_var, reference.running_var)
+    norm.eval(), reference.eval()
+    probe = torch.randn(5, 16, generator=generator)
+    torch.testing.assert_close(norm(probe), reference(probe))
+
+
+def test_a_fresh_embedding_norm_leaves_embeddings_as_they_are_in_evaluation():
+    embeddings = torch.randn(6, 32, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(EmbeddingNorm(32).eval()(embeddings), embeddings, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_norm_refuses_a_single_embedding_in_training():
+    with pytest.raises(ValueError, match="at least 2"):
+        EmbeddingNorm(8)(torch.randn(1, 8))
+
+
+def test_standardised_view_embeddings_of_similar_images_are_spread_apart():
+    """Near-identical inputs (one image plus small noise) give near-identical raw embeddings; standardising over
+    the batch spreads them, which is what keeps training out of the collapse."""
+    torch.manual_seed(0)
+    model = build_model("affect-tiny").train()
+    base = random_images(1, 1, seed=3)
+    images = base + 0.05 * random_images(8, 1, seed=4)
+    with torch.no_grad():
+        raw = F.normalize(model.clip.encode_image(images.flatten(0, 1)), dim=-1)
+        standardised = F.normalize(model.encode_views(images).flatten(0, 1), dim=-1)
+    off_diagonal = ~torch.eye(8, dtype=torch.bool)
+    raw_cosine, standardised_cosine = (e @ e.T)[off_diagonal].mean(), (standardised @ standardised.T)[off_diagonal].mean()
+    assert raw_cosine > 0.95 and standardised_cosine < 0.2, (raw_cosine, standardised_cosine)

@@ -1,6 +1,7 @@
 """AffectVLM: an open_clip model that embeds the rendered views of a face, fuses them into one sample
 embedding (and the frames of a 4D sequence into one sequence embedding), and classifies by cosine
-similarity with the prompt-ensembled text embedding of each emotion.
+similarity with the prompt-ensembled text embedding of each emotion. Both towers' embeddings are
+standardised over the batch (`EmbeddingNorm`), which keeps towers trained from scratch from collapsing.
 
 The model takes tensors: images already rendered and normalised with its `normalisation`; it knows
 nothing of datasets, pipelines or training.
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectvlm.data.emotions import EMOTIONS
+from affectvlm.model.embedding_norm import EmbeddingNorm
 from affectvlm.model.factory import CreatedClip, Normalisation, create_clip
 from affectvlm.model.fusion import MaskedPooling
 from affectvlm.model.prompts import PromptBank
@@ -41,6 +43,8 @@ class AffectVLM(nn.Module):
         self.classes = tuple(classes)
         self.clip_config = clip_config
         dim = self._embedding_dim()
+        self.image_norm = EmbeddingNorm(dim)
+        self.text_norm = EmbeddingNorm(dim)
         self.view_fusion = MaskedPooling(view_fusion, dim)
         self.frame_fusion = MaskedPooling(frame_fusion, dim)
         # Post-hoc calibration: logits are divided by it; evaluation fits it, checkpoints keep it.
@@ -59,11 +63,12 @@ class AffectVLM(nn.Module):
         return size[0] if isinstance(size, (tuple, list)) else size
 
     def encode_views(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, K, 3, H, W) -> (B, K, D) unnormalised view embeddings, all views in one image-tower call."""
+        """(B, K, 3, H, W) -> (B, K, D) standardised view embeddings (not of unit length), all views in one
+        image-tower call."""
         if images.ndim != 5:
             raise ValueError(f"expected images (B, K, 3, H, W), got shape {tuple(images.shape)}")
         batch, views = images.shape[:2]
-        return self.clip.encode_image(images.flatten(0, 1)).unflatten(0, (batch, views))
+        return self.image_norm(self.clip.encode_image(images.flatten(0, 1))).unflatten(0, (batch, views))
 
     def fuse_views(self, view_embeddings: torch.Tensor, valid_views: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K, D) view embeddings and an optional (B, K) bool mask -> (B, D) sample embeddings."""
@@ -74,9 +79,9 @@ class AffectVLM(nn.Module):
         return self.frame_fusion(frame_embeddings, mask)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(M, D) unnormalised embeddings of the texts."""
+        """(M, D) standardised embeddings (not of unit length) of the texts."""
         tokens = self.tokenizer(list(texts)).to(self.temperature.device)
-        return self.clip.encode_text(tokens)
+        return self.text_norm(self.clip.encode_text(tokens))
 
     @torch.no_grad()
     def class_embeddings(self, bank: PromptBank) -> torch.Tensor:
@@ -136,7 +141,7 @@ class AffectVLM(nn.Module):
     def _weights_version(self) -> tuple:
         """Changes whenever a parameter or buffer is replaced, moved or modified in place (torch counts in-place
         changes of a tensor in its `_version`, which optimisers and load_state_dict bump)."""
-        return tuple((tensor.data_ptr(), tensor._version) for tensor in self.clip.state_dict(keep_vars=True).values())
+        return tuple((tensor.data_ptr(), tensor._version) for tensor in self.state_dict(keep_vars=True).values())
 
     def _ensembled_class_embeddings(self, bank: PromptBank) -> torch.Tensor:
         prompts = [bank.class_prompts(emotion) for emotion in self.classes]

@@ -24,6 +24,9 @@ from affectvlm.distributed import gather_with_grad
 from affectvlm.ops.contrastive import AffectLoss, contrastive_loss
 
 
+MAX_INTENSITY = 9  # intensity levels counted apart in evaluation (the built-in data and BU-3DFE use 1..4)
+
+
 class StepTerms(NamedTuple):
     total: torch.Tensor
     contrastive: torch.Tensor
@@ -128,24 +131,30 @@ def draw_prompts(bank, samples, sample_ids: torch.Tensor, seed: int, step: int) 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, pipeline, bank) -> dict:
-    """Held-out accuracy of prompt-ensemble classification over every rank's shard (collective)."""
+    """Held-out accuracy of prompt-ensemble classification over every rank's shard (collective), overall and
+    per intensity level ("by_intensity": {level: [accuracy, samples]}, levels 0..MAX_INTENSITY)."""
     was_training = model.training
     model.eval()
     to_emotion = torch.tensor([EMOTIONS.index(name) for name in model.classes])
-    counts = torch.zeros(2, dtype=torch.float64)  # correct, total
+    counts = torch.zeros(MAX_INTENSITY + 2, 2, dtype=torch.float64)  # row 0 all, row 1 + level; correct, total
     for batch in pipeline.epoch(0):
         probabilities = model.classify(batch.images, bank).cpu()
         keep = (batch.valid & (batch.labels >= 0)).cpu()
-        predicted = to_emotion[probabilities.argmax(1)]
-        counts += torch.tensor([(predicted == batch.labels.cpu())[keep].sum().item(), keep.sum().item()])
+        correct = (to_emotion[probabilities.argmax(1)] == batch.labels.cpu()) & keep
+        level = batch.intensity.cpu()
+        known = keep & (level >= 0) & (level <= MAX_INTENSITY)
+        counts[0] += torch.tensor([correct.sum().item(), keep.sum().item()])
+        counts[1:].index_add_(0, level[known], torch.stack([correct[known], known[known]], dim=1).double())
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         counts = counts.to(device)
         dist.all_reduce(counts)
         counts = counts.cpu()
-    correct, total = counts.tolist()
-    return {"accuracy": correct / total if total else float("nan"), "samples": int(total)}
+    (correct, total), *levels = counts.tolist()
+    by_intensity = {level: [right / seen, int(seen)] for level, (right, seen) in enumerate(levels) if seen}
+    return {"accuracy": correct / total if total else float("nan"), "samples": int(total),
+            "by_intensity": by_intensity}
 
 
 class MetricsLog:

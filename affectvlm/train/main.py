@@ -168,7 +168,20 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
         print(f"held-out accuracy: {final['accuracy']:.1%} on {final['samples']} samples of "
               f"{len(subjects['test'])} held-out subjects (fold {config.fold} of {config.folds}; chance "
               f"{1 / len(classes):.1%}); checkpoints in {out}")
+        print(intensity_report(final["by_intensity"]))
     return final["accuracy"] if final is not None else state.best_metric
+
+
+def intensity_report(by_intensity: dict) -> str:
+    """Held-out accuracy per intensity level, and over levels 3-4 (the samples of the BU-3DFE protocol)."""
+    levels = " · ".join(f"{level}: {accuracy:.1%} ({samples})" for level, (accuracy, samples) in
+                        sorted(by_intensity.items()))
+    strong = [by_intensity[level] for level in (3, 4) if level in by_intensity]
+    if not strong:
+        return f"by intensity: {levels}"
+    samples = sum(seen for _, seen in strong)
+    accuracy = sum(right * seen for right, seen in strong) / samples
+    return f"by intensity: {levels}\nexpressions at intensities 3-4: {accuracy:.1%} on {samples} samples"
 
 
 def resume_path(config: TrainConfig) -> Path | None:
@@ -317,7 +330,7 @@ def make_pipelines(config: TrainConfig, runtime: Runtime, source, train_ids, tes
     from affectvlm.data.augment import AugmentSettings
     from affectvlm.data.pipeline import ViewPipeline
 
-    augment = AugmentSettings.off() if config.no_augment else AugmentSettings(**config.augment)
+    augment = AugmentSettings.off() if config.augment is None else AugmentSettings(**config.augment)
     common = dict(seed=config.seed, num_shards=runtime.world_size, shard_id=runtime.rank, backend=config.backend,
                   device=runtime.device, mean=normalisation.mean, std=normalisation.std)
     train = ViewPipeline(source, config.batch_size, augment=augment, training=True, subset=train_ids, **common)
