@@ -17,7 +17,8 @@ class TrainConfig:
     recipe: str | None = None  # None: affectvlm.data.views.DEFAULT_RECIPE
     source: str = "cached"  # "cached": a render cache; "online": views rendered per batch from a mesh cache
     jitter: dict = field(default_factory=dict)  # CameraJitter fields overriding its defaults (online views only)
-    # None: no augmentation, the default: at the main job's budget it halves held-out accuracy (README).
+    # None: no augmentation, the default: at the main job's budget it slowed learning (17% vs 38% held-out
+    # after about 200 steps, RESULTS.md).
     # A dict (maybe empty): mixed view augmentation, these AugmentSettings fields overriding its defaults.
     augment: dict | None = None
     folds: int = 5  # subjects split into this many folds; fold `fold` is held out for evaluation
