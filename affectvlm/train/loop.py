@@ -144,7 +144,8 @@ def evaluate(model: nn.Module, pipeline, bank) -> dict:
         level = batch.intensity.cpu()
         known = keep & (level >= 0) & (level <= MAX_INTENSITY)
         counts[0] += torch.tensor([correct.sum().item(), keep.sum().item()])
-        counts[1:].index_add_(0, level[known], torch.stack([correct[known], known[known]], dim=1).double())
+        counted = torch.stack([correct[known].double(), torch.ones(int(known.sum()), dtype=torch.float64)], dim=1)
+        counts[1:].index_add_(0, level[known], counted)
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
