@@ -32,3 +32,33 @@ def test_align_turns_the_forward_direction_onto_plus_z():
         normals = trimesh.Trimesh(result.vertices, result.faces, process=False).face_normals
         assert np.allclose(normals.mean(axis=0), [0, 0, 1], atol=1e-3), direction
         assert np.ptp(result.vertices[:, 2]) < 1e-3  # the disc now lies in the xy plane
+
+
+def test_a_mesh_wound_inward_is_rewound_and_one_wound_outward_is_kept():
+    rng = np.random.default_rng()
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    vertices = (sphere.vertices * rng.uniform(1, 50) + rng.normal(size=3) * 100).astype(np.float32)
+    outward = Mesh(vertices, sphere.faces.astype(np.int64), {})
+    inward = Mesh(vertices, sphere.faces[:, ::-1].astype(np.int64), {})
+    kept, rewound = normalise(outward), normalise(inward)
+    assert not kept.metadata["normalise_rewound"] and rewound.metadata["normalise_rewound"]
+    np.testing.assert_array_equal(kept.faces, outward.faces)
+    np.testing.assert_array_equal(np.sort(rewound.faces, axis=1), np.sort(outward.faces, axis=1))
+    corners = rewound.vertices[rewound.faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    assert (np.einsum("ij,ij->i", normals, corners.mean(axis=1)) > 0).all()  # every face now points outward
+
+
+def test_a_face_scan_renders_the_same_whichever_way_it_is_wound():
+    import torch
+
+    from affectvlm.app_inputs import synthetic_face
+    from affectvlm.data.views import render_model_views
+    from affectvlm.geometry.cameras import view_cameras
+
+    face = synthetic_face("surprise", 3, identity_seed=int(np.random.default_rng().integers(1000)))
+    flipped = Mesh(face.vertices, face.faces[:, [0, 2, 1]].copy(), {})
+    cameras = view_cameras(["frontal", "left"])
+    images = [render_model_views(torch.from_numpy(mesh.vertices)[None], torch.from_numpy(mesh.faces), cameras, 48,
+                                 "shading_depth_normal") for mesh in (normalise(face), normalise(flipped))]
+    torch.testing.assert_close(images[0], images[1])

@@ -10,21 +10,35 @@ from affectvlm.geometry.mesh import Mesh
 def normalise(mesh: Mesh, align: bool = False) -> Mesh:
     """Centre the bounding box at the origin and scale so the farthest vertex lies at distance 1.
 
-    With `align`, also rotate the face's forward direction onto +z. The forward direction is the mesh's
+    Triangles are first wound so that their normals point outward (away from the bounding box's centre, summed
+    over the surface weighted by area): scans come wound either way, and the rendered normals and shading depend
+    on it. With `align`, also rotate the face's forward direction onto +z. The forward direction is the mesh's
     vector area (the sum of triangle normals weighted by area), which for an open face surface whose
-    triangles wind counter-clockwise seen from the front points out of the face.
-    The transform applied is stored as metadata `normalise_centre`, `normalise_scale`, `normalise_rotation`.
+    triangles wind outward points out of the face.
+    The transform applied is stored as metadata `normalise_centre`, `normalise_scale`, `normalise_rotation` and
+    `normalise_rewound` (whether the winding was reversed).
     """
     vertices = mesh.vertices.astype(np.float64)
-    rotation = _forward_to_z(vertices, mesh.faces) if align else np.eye(3)
+    rewound = _winds_inward(vertices, mesh.faces)
+    faces = mesh.faces[:, [0, 2, 1]] if rewound else mesh.faces
+    rotation = _forward_to_z(vertices, faces) if align else np.eye(3)
     vertices = vertices @ rotation.T
     centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
     vertices -= centre
     radius = np.linalg.norm(vertices, axis=1).max()
     scale = 1.0 / radius if radius > 0 else 1.0
     metadata = {**mesh.metadata, "normalise_centre": centre, "normalise_scale": scale,
-                "normalise_rotation": rotation}
-    return Mesh((vertices * scale).astype(np.float32), mesh.faces, metadata)
+                "normalise_rotation": rotation, "normalise_rewound": rewound}
+    return Mesh((vertices * scale).astype(np.float32), np.ascontiguousarray(faces), metadata)
+
+
+def _winds_inward(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """Whether the area-weighted triangle normals point, on the whole, towards the bounding box's centre (for a
+    closed mesh: a negative signed volume)."""
+    corners = vertices[faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    return float(np.einsum("ij,ij->", normals, corners.mean(axis=1) - centre)) < 0
 
 
 def _forward_to_z(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
