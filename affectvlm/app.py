@@ -1,7 +1,7 @@
 """The AffectVLM app: the expression of a 3D face or a 4D sequence, in the browser.
 
 Run it with `affectvlm app [--checkpoint PATH] [--port N]`, or from a checkout with
-`python -m streamlit run affectvlm/app.py -- --checkpoint PATH`.
+`python -m streamlit run affectvlm/app.py [-- --checkpoint PATH]` (without a checkpoint: the shipped demo model).
 
 The page takes an uploaded mesh, a zip of a sequence's frames, or a synthetic face made live, and shows the
 views exactly as the model saw them, the mesh in 3D (with the explanation as a heat map), the probabilities,
@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from affectvlm.app_inputs import (INTENSITIES, SYNTHETIC_EMOTIONS, UPLOAD_SUFFIXES, NoDemoModel, UploadError,
-                                  UploadLimits, default_checkpoint, read_upload, synthetic_face, turned)
+from affectvlm.app_inputs import (INTENSITIES, SYNTHETIC_EMOTIONS, UPLOAD_SUFFIXES, UploadError, UploadLimits,
+                                  read_upload, synthetic_face, turned)
 from affectvlm.explain import Explanation, explain, heat_map
 from affectvlm.geometry.mesh import Mesh
-from affectvlm.predict import STAGES, Inspection, Predictor, inspect_meshes, load_predictor
+from affectvlm.predict import DEMO_CHECKPOINT, STAGES, Inspection, Predictor, inspect_meshes, load_predictor
 
 TOP_PROMPTS = 5
 VIEW_DISPLAY_PIXELS = 224  # small model views are enlarged by whole pixels to about this size, never smoothed
@@ -78,9 +78,9 @@ def main(settings: AppSettings) -> None:
     st.set_page_config(page_title="AffectVLM", page_icon=":performing_arts:", layout="wide")
     st.title("AffectVLM: the expression of a 3D face")
     try:
-        checkpoint = settings.checkpoint or str(default_checkpoint())
+        checkpoint = settings.checkpoint or str(DEMO_CHECKPOINT)
         predictor = cached_predictor(checkpoint)
-    except (NoDemoModel, OSError, ValueError) as error:  # CheckpointError is a ValueError
+    except (OSError, ValueError) as error:  # CheckpointError is a ValueError
         st.error(_one_line(error))
         st.stop()
     st.caption(f"Checkpoint `{Path(checkpoint).name}`: {len(predictor.classes)} classes, views "

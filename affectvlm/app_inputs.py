@@ -19,7 +19,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-import affectvlm
 from affectvlm.data.emotions import BASIC_EMOTIONS
 from affectvlm.data.procedural_face import ProceduralFaceModel
 from affectvlm.data.synthetic import LEVELS, expression_weights
@@ -31,8 +30,6 @@ from affectvlm.predict import read_input
 SEQUENCE_SUFFIX = ".zip"
 UPLOAD_SUFFIXES = READABLE_FORMATS + (SEQUENCE_SUFFIX,)
 MB = 2 ** 20
-# The demo model that ships with the package; the evaluation issue puts it there.
-DEMO_CHECKPOINT = Path(affectvlm.__file__).parent / "models" / "demo.safetensors"
 
 
 @dataclass(frozen=True)
@@ -46,18 +43,6 @@ class UploadLimits:
 
 class UploadError(ValueError):
     """An upload the app refuses; the message is one line that names the file."""
-
-
-class NoDemoModel(FileNotFoundError):
-    pass
-
-
-def default_checkpoint() -> Path:
-    """The shipped demo model, or NoDemoModel saying that none ships yet and what to pass instead."""
-    if not DEMO_CHECKPOINT.is_file():
-        raise NoDemoModel(f"no demo model ships with affectvlm {affectvlm.__version__} yet: start the app with "
-                          "--checkpoint PATH (a checkpoint written by affectvlm train)")
-    return DEMO_CHECKPOINT
 
 
 # Uploads -----------------------------------------------------------------------------------------------------

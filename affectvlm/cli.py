@@ -12,6 +12,8 @@ from pathlib import Path
 import affectvlm
 from affectvlm._ext import _C, cuda_status
 
+CHECKPOINT_SUFFIX = ".safetensors"  # how `affectvlm predict` tells a checkpoint from the inputs
+
 
 def _package_status(distribution: str, module: str) -> dict:
     """Installed version of a dependency and whether it imports."""
@@ -248,15 +250,21 @@ def _validate_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from affectvlm.predict import format_prediction, load_predictor, predict
+    from affectvlm.predict import DEMO_CHECKPOINT, format_prediction, load_predictor, predict
     from affectvlm.train.checkpoint import CheckpointError
 
+    checkpoint, inputs = DEMO_CHECKPOINT, args.inputs
+    if inputs[0].endswith(CHECKPOINT_SUFFIX):
+        checkpoint, inputs = inputs[0], inputs[1:]
+    if not inputs:
+        print("affectvlm predict: error: no mesh file or sequence folder to predict", file=sys.stderr)
+        return 2
     try:
-        predictor = load_predictor(args.checkpoint, args.device)
+        predictor = load_predictor(checkpoint, args.device)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"affectvlm predict: error: {error}", file=sys.stderr)
         return 1
-    results = predict(predictor, args.inputs, top_prompts=args.top_prompts)
+    results = predict(predictor, inputs, top_prompts=args.top_prompts)
     for result in results:
         if result.error:
             print(f"affectvlm predict: error: {result.error}", file=sys.stderr)
@@ -275,12 +283,38 @@ def _add_predict_parser(commands) -> None:
         description="Per input: the probability of each emotion, the predicted one and the best-matching prompts; "
                     "a folder of a sequence's frames gives the sequence's prediction and per-frame probabilities. "
                     "Meshes are rendered exactly as the checkpoint was trained.")
-    predict.add_argument("checkpoint", help="a checkpoint written by affectvlm train (.safetensors)")
-    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_SEQUENCE_FOLDER")
+    predict.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] FILE_OR_SEQUENCE_FOLDER",
+                         help="a checkpoint written by affectvlm train or export (.safetensors; default: the demo "
+                              "model), then the inputs")
     predict.add_argument("--json", action="store_true", help="print machine-readable JSON")
     predict.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     predict.add_argument("--top-prompts", type=_positive_int, default=3, help="best-matching prompts to show")
     predict.set_defaults(handler=run_predict)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from affectvlm.train.checkpoint import CheckpointError
+    from affectvlm.train.export import export_model
+
+    try:
+        sizes = export_model(args.checkpoint, args.out)
+    except (CheckpointError, OSError) as error:
+        print(f"affectvlm export: error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {args.checkpoint} ({sizes['checkpoint_bytes'] / 2 ** 20:.1f} MB) as {args.out} "
+          f"({sizes['exported_bytes'] / 2 ** 20:.1f} MB)")
+    return 0
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a checkpoint's model alone, small, to ship or share",
+        description="Write the model of a training checkpoint in float16 with only the token rows its prompt bank "
+                    "uses (a few MB instead of tens); predict, evaluate and the app read it like a checkpoint, "
+                    "training cannot resume from it.")
+    export.add_argument("checkpoint", help="a checkpoint written by affectvlm train")
+    export.add_argument("out", help="the file to write (.safetensors)")
+    export.set_defaults(handler=run_export)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -320,13 +354,9 @@ def run_app(args: argparse.Namespace) -> int:
     """Become the Streamlit server of the app (affectvlm/app.py of this installation) until it is stopped."""
     import os
 
-    from affectvlm.app_inputs import NoDemoModel, default_checkpoint
+    from affectvlm.predict import DEMO_CHECKPOINT
 
-    try:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    except NoDemoModel as error:
-        print(f"affectvlm app: error: {error}", file=sys.stderr)
-        return 2
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_CHECKPOINT
     if not checkpoint.is_file():
         print(f"affectvlm app: error: {checkpoint}: no such checkpoint file", file=sys.stderr)
         return 2
@@ -365,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_parser(commands)
     _add_train_parser(commands)
     _add_predict_parser(commands)
+    _add_export_parser(commands)
     _add_evaluate_parser(commands)
     _add_app_parser(commands)
     return parser

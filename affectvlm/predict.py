@@ -23,6 +23,8 @@ from affectvlm.geometry.mesh import DEFAULT_MAX_FACES, Mesh, MeshError
 from affectvlm.geometry.normalise import normalise
 
 FRAMES_PER_BATCH = 16
+# The demo model that ships with the package: the main job's checkpoint exported (README, "The demo model").
+DEMO_CHECKPOINT = Path(__file__).parent / "models" / "demo.safetensors"
 STAGES = ("read", "normalise", "render", "encode", "match")  # what Inspection.seconds times
 
 
@@ -65,16 +67,22 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
     info = stored.info
     model = build_model(info["model"])
     load_module_state(model, stored, "module.model.")
+    data, source = info["data"], info["data"]["source"]
+    return assemble_predictor(model, PromptBank.from_dict(info["prompts"]), info["classes"], source["views"],
+                              int(source["size"]), source["recipe"], source["projection"], (data["mean"], data["std"]),
+                              device)
+
+
+def assemble_predictor(model: torch.nn.Module, bank, classes, views, image_size: int, recipe: str, projection: str,
+                       normalisation: tuple, device: str | torch.device) -> Predictor:
+    """A Predictor of `model` (put in eval mode on `device`), with the embeddings of every class prompt."""
     device = torch.device(device)
     model.to(device).eval()
-    bank = PromptBank.from_dict(info["prompts"])
-    data, source = info["data"], info["data"]["source"]
-    texts = [prompt for name in info["classes"] for prompt in bank.class_prompts(name)]
+    texts = [prompt for name in classes for prompt in bank.class_prompts(name)]
     with torch.no_grad():
         embeddings = torch.nn.functional.normalize(model.encode_text(texts).float(), dim=1)
-    return Predictor(model, bank, tuple(info["classes"]), tuple(source["views"]), int(source["size"]),
-                     source["recipe"], source["projection"],
-                     TorchAugmenter(data["mean"], data["std"]), device, texts, embeddings)
+    return Predictor(model, bank, tuple(classes), tuple(views), image_size, recipe, projection,
+                     TorchAugmenter(*normalisation), device, texts, embeddings)
 
 
 def predict(predictor: Predictor, inputs: list[str | Path], top_prompts: int = 3) -> list[Prediction]:

@@ -15,10 +15,10 @@ import streamlit as st
 import trimesh
 from streamlit.testing.v1 import AppTest
 
-from affectvlm.app_inputs import DEMO_CHECKPOINT, synthetic_face
+from affectvlm.app_inputs import synthetic_face
 from affectvlm.geometry.io import save_mesh
 from affectvlm.geometry.mesh import Mesh
-from affectvlm.predict import STAGES, load_predictor, predict
+from affectvlm.predict import DEMO_CHECKPOINT, STAGES, load_predictor, predict
 
 TIMEOUT = 120
 
@@ -237,11 +237,10 @@ def test_a_bad_checkpoint_is_named_in_one_line(tmp_path):
         assert not app.file_uploader
 
 
-@pytest.mark.skipif(DEMO_CHECKPOINT.is_file(), reason="a demo model ships with this installation")
-def test_without_a_checkpoint_or_a_shipped_demo_model_the_page_says_what_to_pass():
+def test_without_a_checkpoint_the_app_serves_the_shipped_demo_model():
     app = started(None)
-    assert not app.exception and "no demo model ships" in app.error[0].value
-    assert "--checkpoint PATH" in app.error[0].value
+    assert not app.exception and not app.error
+    assert any(caption.value.startswith(f"Checkpoint `{DEMO_CHECKPOINT.name}`") for caption in app.caption)
 
 
 def test_affectvlm_app_refuses_a_missing_checkpoint_before_starting_a_server(tmp_path):

@@ -254,8 +254,10 @@ def test_bad_checkpoints_fail_with_one_line(data, trained, tmp_path):
     good = data / "faces" / "S002" / "S002_happiness_4.ply"
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes((trained[0] / "best.safetensors").read_bytes()[:5000])
+    foreign = tmp_path / "foreign.safetensors"
+    foreign.write_text((data / "tiny.json").read_text())
     for checkpoint, message in [(truncated, "not a readable safetensors file, truncated or damaged"),
-                                (data / "tiny.json", "not a readable safetensors file")]:
+                                (foreign, "not a readable safetensors file")]:
         result = affectvlm_cli("predict", checkpoint, good)
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1 and str(checkpoint) in result.stderr and message in result.stderr
@@ -271,3 +273,68 @@ def test_resuming_with_another_model_config_is_refused(data, trained, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "last.safetensors: the model config differs from this run's" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exported") / "model.safetensors"
+    result = affectvlm_cli("export", trained[0] / "best.safetensors", path)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_an_exported_model_is_small_and_predicts_as_its_checkpoint(data, trained, exported, tmp_path):
+    checkpoint = trained[0] / "best.safetensors"
+    assert exported.stat().st_size < checkpoint.stat().st_size / 10
+    generate_dataset(tmp_path / "seq", 1, seed=11, file_format="ply", sequences=True, frames=3)
+    inputs = [data / "faces" / "S002" / "S002_happiness_4.ply", data / "faces" / "S003" / "S003_fear_2.ply",
+              tmp_path / "seq" / "S001" / "anger"]
+    full, small = (json.loads(affectvlm_cli("predict", path, *inputs, "--json").stdout)
+                   for path in (checkpoint, exported))
+    for ours, theirs in zip(full, small):
+        assert ours["predicted"] == theirs["predicted"]
+        assert [text for text, _ in ours["prompts"]] == [text for text, _ in theirs["prompts"]]
+        for emotion, probability in ours["probabilities"].items():
+            assert theirs["probabilities"][emotion] == pytest.approx(probability, abs=2e-3)
+
+
+def test_an_exported_model_embeds_any_prompt_of_its_bank_as_the_checkpoint(trained, exported):
+    import random
+
+    from affectvlm.predict import load_predictor
+
+    full, small = load_predictor(trained[0] / "best.safetensors"), load_predictor(exported)
+    rng = random.Random()
+    people = [None, {"sex": "female", "age": 23}, {"sex": "male", "age": 71}, {"age": 40}]
+    prompts = [full.bank.draw(rng.choice(full.classes), rng.choice(people), rng.choice([None, 1, 2, 3, 4]),
+                              rng.randrange(10 ** 6), rng.randrange(10 ** 6), rng.randrange(10 ** 6))
+               for _ in range(200)]
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(full.model.encode_text(prompts),
+                                                       small.model.encode_text(prompts), dim=1)
+    assert cosine.min() > 0.999, prompts[int(cosine.argmin())]
+
+
+def test_training_does_not_resume_from_an_exported_model(data, exported, tmp_path):
+    args = train_args(data, tmp_path / "out", "--resume", str(exported))
+    result = subprocess.run([sys.executable, "-m", "affectvlm.train", *args], capture_output=True, text=True,
+                            env=ENV, cwd=ROOT, timeout=RUN_TIMEOUT)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"{exported}: an exported model (weights only)" in result.stderr
+
+
+def test_a_damaged_exported_model_is_refused_in_one_line(data, exported, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(exported, framework="pt") as file:
+        tensors = {name: file.get_tensor(name) for name in file.keys()}
+        metadata = file.metadata()
+    rows = next(name for name in tensors if name.startswith("export.rows."))
+    damaged = tmp_path / "damaged.safetensors"
+    for broken in ({**tensors, rows: tensors[rows] + 10 ** 6}, {k: v for k, v in tensors.items() if k != rows}):
+        save_file(broken, damaged, metadata=metadata)
+        result = affectvlm_cli("predict", damaged, data / "faces" / "S002" / "S002_happiness_4.ply")
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and f"{damaged}: damaged exported model" in result.stderr

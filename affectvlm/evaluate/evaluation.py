@@ -145,21 +145,14 @@ def zero_shot_predictor(model_name: str, pretrained: str | None, classes, views,
                         projection: str = "perspective", device: str | torch.device = "cpu"):
     """A predictor of an open_clip model as it is (tag or local weights file), classifying by the default
     prompt bank's class prompts; no training."""
-    from affectvlm.data.augment import TorchAugmenter
     from affectvlm.data.views import DEFAULT_RECIPE
     from affectvlm.model.affect_model import build_model
     from affectvlm.model.prompts import PromptBank
-    from affectvlm.predict import Predictor
+    from affectvlm.predict import assemble_predictor
 
-    device = torch.device(device)
-    model = build_model(model_name, pretrained, classes=tuple(classes)).to(device).eval()
-    bank = PromptBank.default()
-    texts = [prompt for name in classes for prompt in bank.class_prompts(name)]
-    with torch.no_grad():
-        embeddings = torch.nn.functional.normalize(model.encode_text(texts).float(), dim=1)
-    normalisation = model.normalisation
-    return Predictor(model, bank, tuple(classes), tuple(views), model.image_size, recipe or DEFAULT_RECIPE,
-                     projection, TorchAugmenter(normalisation.mean, normalisation.std), device, texts, embeddings)
+    model = build_model(model_name, pretrained, classes=tuple(classes))
+    return assemble_predictor(model, PromptBank.default(), classes, views, model.image_size, recipe or DEFAULT_RECIPE,
+                              projection, model.normalisation, device)
 
 
 def report_of(predictions: Predictions, bins: int = DEFAULT_CALIBRATION_BINS) -> dict:

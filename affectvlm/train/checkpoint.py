@@ -30,6 +30,7 @@ from safetensors.torch import save as encode_tensors
 FORMAT = "affectvlm.checkpoint"
 VERSION = 1
 METADATA_KEY = "affectvlm"
+EXPORT_ROWS_PREFIX = "export.rows."  # + a table's name: the rows an exported model kept (affectvlm.train.export)
 
 
 class CheckpointError(ValueError):
@@ -98,7 +99,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if info.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {info.get('version')}, this affectvlm reads "
                               f"version {VERSION}")
+    if "export" in info:
+        try:
+            tensors = _expanded(tensors, info["export"])
+        except (KeyError, IndexError, RuntimeError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{path}: damaged exported model ({type(error).__name__}: {error})") from None
     return Checkpoint(path, tensors, info)
+
+
+def _expanded(tensors: dict[str, torch.Tensor], export: dict) -> dict[str, torch.Tensor]:
+    """An exported model's tensors as a training checkpoint holds them: whole tables (rows it left out are
+    zero), in float32."""
+    tensors = dict(tensors)
+    for name, num_rows in export.get("table_rows", {}).items():
+        rows, kept = tensors.pop(EXPORT_ROWS_PREFIX + name), tensors[name]
+        table = kept.new_zeros((num_rows, *kept.shape[1:]))
+        table[rows] = kept
+        tensors[name] = table
+    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in tensors.items()}
 
 
 def _read(path: Path, read):

@@ -158,6 +158,16 @@ def evaluate(model: nn.Module, pipeline, bank) -> dict:
             "by_intensity": by_intensity}
 
 
+def accuracy_over_levels(by_intensity: dict, levels=(3, 4)) -> tuple[float, int] | None:
+    """(accuracy, samples) over the given intensity levels of an evaluation's "by_intensity" (keys may be the
+    levels or, read back from JSON, their text); None when none of the levels was evaluated."""
+    counted = [value for key, value in by_intensity.items() if int(key) in levels]
+    samples = sum(seen for _, seen in counted)
+    if not samples:
+        return None
+    return sum(accuracy * seen for accuracy, seen in counted) / samples, samples
+
+
 class MetricsLog:
     """Rank 0's JSON lines file of per-step and per-evaluation records, and the run's curve figure."""
 

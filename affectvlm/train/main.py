@@ -122,7 +122,8 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
                         config.checkpoint_every, config.log_every)
     static_info = {"model": model.config_dict(), "classes": list(classes), "prompts": bank.as_dict(),
                    "data": data_settings(train_pipeline, subjects),
-                   "world_size": runtime.world_size, "config": config.as_dict()}
+                   "world_size": runtime.world_size, "config": config.as_dict(),
+                   "command": config.command_line()}
 
     state = TrainState()
     if stored is not None:
@@ -174,14 +175,14 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
 
 def intensity_report(by_intensity: dict) -> str:
     """Held-out accuracy per intensity level, and over levels 3-4 (the samples of the BU-3DFE protocol)."""
+    from affectvlm.train.loop import accuracy_over_levels
+
     levels = " · ".join(f"{level}: {accuracy:.1%} ({samples})" for level, (accuracy, samples) in
                         sorted(by_intensity.items()))
-    strong = [by_intensity[level] for level in (3, 4) if level in by_intensity]
-    if not strong:
+    strong = accuracy_over_levels(by_intensity, (3, 4))
+    if strong is None:
         return f"by intensity: {levels}"
-    samples = sum(seen for _, seen in strong)
-    accuracy = sum(right * seen for right, seen in strong) / samples
-    return f"by intensity: {levels}\nexpressions at intensities 3-4: {accuracy:.1%} on {samples} samples"
+    return f"by intensity: {levels}\nexpressions at intensities 3-4: {strong[0]:.1%} on {strong[1]} samples"
 
 
 def resume_path(config: TrainConfig) -> Path | None:
@@ -195,8 +196,11 @@ def resume_path(config: TrainConfig) -> Path | None:
 
 
 def require_resumable(stored, static_info: dict, config: TrainConfig) -> None:
-    from affectvlm.train.checkpoint import require_match
+    from affectvlm.train.checkpoint import CheckpointError, require_match
 
+    if "export" in stored.info:
+        raise CheckpointError(f"{stored.path}: an exported model (weights only); training resumes only from a "
+                              "checkpoint written by affectvlm train")
     require_match(stored, "the model config", static_info["model"], stored.info["model"])
     require_match(stored, "the label set", static_info["classes"], stored.info["classes"])
     require_match(stored, "the data settings", static_info["data"], stored.info["data"])
@@ -213,6 +217,8 @@ def build_model_and_prompts(config: TrainConfig, stored, classes: tuple[str, ...
         bank = PromptBank.from_dict(stored.info["prompts"])
     else:
         bank = PromptBank.default()
+        if config.prompt_bank:
+            bank = bank.replaced(config.prompt_bank)
         if config.prompts:
             bank = bank.extended(config.prompts)
     model = build_model(model_spec(config), config.pretrained, classes=classes, view_fusion=config.view_fusion)
