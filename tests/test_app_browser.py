@@ -1,5 +1,6 @@
-"""The app end to end in a real browser: `affectvlm app` serves it (streamlit run) on 127.0.0.1 and headless
-Chromium (Debian's `chromium` package) drives it through Playwright, as a user would.
+"""The app end to end in a real browser: `affectvlm app` (the README's one command: the shipped demo model) serves
+it (streamlit run) on 127.0.0.1 and headless Chromium (Debian's `chromium` package) drives it through Playwright,
+as a user would.
 
 Set AFFECTVLM_APP_SCREENSHOT=docs/app.png to refresh the README's screenshot; otherwise it goes to a
 temporary folder.
@@ -33,14 +34,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(app_checkpoint, tmp_path_factory):
+def server(tmp_path_factory):
     """The app as `affectvlm app` starts it, and the seconds until its first page was served."""
     port = free_port()
     log = tmp_path_factory.mktemp("app-server") / "server.log"
     started = time.monotonic()
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "affectvlm", "app", "--checkpoint", str(app_checkpoint),
-                                    "--port", str(port), "--address", "127.0.0.1"], cwd=ROOT, stdout=output,
+        process = subprocess.Popen([sys.executable, "-m", "affectvlm", "app", "--port", str(port), "--address",
+                                    "127.0.0.1"], cwd=ROOT, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -91,9 +92,9 @@ def face_file(tmp_path_factory):
     return path
 
 
-def cli_prediction(checkpoint, path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "affectvlm", "predict", str(checkpoint), str(path), "--json",
-                             "--top-prompts", "5"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+def cli_prediction(path) -> dict:
+    """`affectvlm predict FILE --json`: the demo model's prediction, as the app gives it."""
+    result = subprocess.run([sys.executable, "-m", "affectvlm", "predict", str(path), "--json", "--top-prompts", "5"], capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)
@@ -119,14 +120,14 @@ def wait_for_prediction_of(page, name):
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
 
 
-def test_a_mesh_in_the_browser_gets_predicts_prediction_and_its_json(page, face_file, app_checkpoint, tmp_path):
+def test_a_mesh_in_the_browser_gets_predicts_prediction_and_its_json(page, face_file, tmp_path):
     started = time.monotonic()
     upload(page, face_file)
     wait_for_prediction_of(page, face_file.name)
     shown = shown_probabilities(page)
     print(f"upload to shown prediction in the browser: {time.monotonic() - started:.2f} s")
 
-    expected = cli_prediction(app_checkpoint, face_file)
+    expected = cli_prediction(face_file)
     assert list(shown) == list(expected["probabilities"])
     assert sum(shown.values()) == pytest.approx(1, abs=len(shown) * 5e-5)  # four decimals each
     for name, probability in expected["probabilities"].items():
@@ -149,15 +150,15 @@ def test_a_mesh_in_the_browser_gets_predicts_prediction_and_its_json(page, face_
         [cosine for _, cosine in expected["prompts"]], abs=1e-6)
 
 
-def test_the_views_shown_are_the_models_input_pixel_for_pixel(page, face_file, app_checkpoint):
+def test_the_views_shown_are_the_models_input_pixel_for_pixel(page, face_file):
     from PIL import Image
 
     from affectvlm.app_inputs import read_upload
-    from affectvlm.predict import inspect_meshes, load_predictor
+    from affectvlm.predict import DEMO_CHECKPOINT, inspect_meshes, load_predictor
 
     upload(page, face_file)
     wait_for_prediction_of(page, face_file.name)
-    predictor = load_predictor(app_checkpoint)
+    predictor = load_predictor(DEMO_CHECKPOINT)
     meshes, _ = read_upload(face_file.name, face_file.read_bytes())
     views = inspect_meshes(predictor, face_file.name, meshes).views[0]
     expected = np.round(255 * views.clamp(0, 1).permute(0, 2, 3, 1).numpy()).astype(np.uint8)
@@ -172,7 +173,7 @@ def test_the_views_shown_are_the_models_input_pixel_for_pixel(page, face_file, a
         np.testing.assert_array_equal(shown, expected[index].repeat(factor, axis=0).repeat(factor, axis=1))
 
 
-def test_a_corrupt_upload_shows_one_line_and_the_next_mesh_is_predicted(page, face_file, app_checkpoint, tmp_path):
+def test_a_corrupt_upload_shows_one_line_and_the_next_mesh_is_predicted(page, face_file, tmp_path):
     broken = tmp_path / "broken.obj"
     broken.write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\n")
     upload(page, broken)
@@ -183,7 +184,7 @@ def test_a_corrupt_upload_shows_one_line_and_the_next_mesh_is_predicted(page, fa
 
     upload(page, face_file)
     wait_for_prediction_of(page, face_file.name)
-    expected = cli_prediction(app_checkpoint, face_file)
+    expected = cli_prediction(face_file)
     assert shown_probabilities(page) == pytest.approx(expected["probabilities"], abs=5e-5)
     assert page.locator('[data-testid="stAlert"]').count() == 0
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
