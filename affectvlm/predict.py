@@ -59,11 +59,17 @@ class Predictor:
 
 def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """The model, prompt bank and render settings of a checkpoint; CheckpointError for a bad file."""
+    from affectvlm.train.checkpoint import load_checkpoint
+
+    return predictor_of(load_checkpoint(checkpoint), device)
+
+
+def predictor_of(stored, device: str | torch.device = "cpu") -> Predictor:
+    """load_predictor of a checkpoint already read (affectvlm.train.checkpoint.Checkpoint)."""
     from affectvlm.model.affect_model import build_model
     from affectvlm.model.prompts import PromptBank
-    from affectvlm.train.checkpoint import load_checkpoint, load_module_state
+    from affectvlm.train.checkpoint import load_module_state
 
-    stored = load_checkpoint(checkpoint)
     info = stored.info
     model = build_model(info["model"])
     load_module_state(model, stored, "module.model.")

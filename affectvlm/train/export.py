@@ -1,9 +1,9 @@
 """Exporting a trained checkpoint as a model to ship or share: the model's weights only, in float16, with the
 text tower's token table cut down to the rows its prompt bank uses.
 
-A training checkpoint of the affect-tiny model is 37 MB, and two thirds of it is the token table: one row for
-each of the tokenizer's 49,408 tokens, of which the prompt bank uses a few hundred; the other rows are never
-trained. The exported file keeps the used rows (a prompt made of other tokens embeds them as zeros) and stores
+affect-tiny's weights are 37 MB in float32 (its training checkpoint, with the optimizer's state, 107 MB), and
+two thirds of them are the token table: one row for each of the tokenizer's 49,408 tokens, of which the prompt
+bank uses a few hundred; the other rows are never trained. The exported file keeps the used rows (a prompt made of other tokens embeds them as zeros) and stores
 every weight in float16. It holds no optimizer or generator state, so training cannot resume from it;
 `affectvlm predict`, `affectvlm evaluate` and the app read it like any checkpoint (`load_checkpoint` restores
 the full table, in float32). `export_model` checks that the exported model embeds every prompt of the bank as the
@@ -25,22 +25,18 @@ PROMPT_TOLERANCE = 0.999  # least cosine similarity between a prompt's embedding
 
 def export_model(source: str | Path, destination: str | Path) -> dict:
     """Write the model of checkpoint `source` to `destination`; returns the sizes before and after (bytes)."""
-    from affectvlm.model.prompts import PromptBank
-    from affectvlm.predict import load_predictor
+    from affectvlm.predict import predictor_of
 
     stored = ckpt.load_checkpoint(source)
-    model = stored.with_prefix("module.model.")
-    if not model:
-        raise ckpt.CheckpointError(f"{source}: holds no model weights")
-    predictor = load_predictor(source)
-    bank = PromptBank.from_dict(stored.info["prompts"])
-    rows = used_token_rows(predictor.model.tokenizer, bank)
-    tensors = {f"module.model.{name}": _stored(tensor) for name, tensor in model.items()}
-    tensors[TOKEN_TABLE] = tensors[TOKEN_TABLE][rows]
-    tensors[ckpt.EXPORT_ROWS_PREFIX + TOKEN_TABLE] = rows
+    predictor = predictor_of(stored)  # refuses a checkpoint whose weights do not fit its model config
+    tensors = {name: _stored(tensor) for name, tensor in stored.tensors.items() if name.startswith("module.model.")}
     info = {key: value for key, value in stored.info.items() if key not in ("format", "version", "optimizer")}
-    info["export"] = {"dtype": str(STORED_DTYPE).removeprefix("torch."), "from": Path(source).name,
-                      "table_rows": {TOKEN_TABLE: model[TOKEN_TABLE.removeprefix("module.model.")].shape[0]}}
+    info["export"] = {"dtype": str(STORED_DTYPE).removeprefix("torch."), "from": Path(source).name}
+    if TOKEN_TABLE in tensors:
+        rows = used_token_rows(predictor.model.tokenizer, predictor.bank)
+        info["export"]["table_rows"] = {TOKEN_TABLE: len(tensors[TOKEN_TABLE])}
+        tensors[TOKEN_TABLE] = tensors[TOKEN_TABLE][rows]
+        tensors[ckpt.EXPORT_ROWS_PREFIX + TOKEN_TABLE] = rows
     destination = Path(destination)
     ckpt.save_checkpoint([destination], tensors, info)
     try:
