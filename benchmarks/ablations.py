@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from affectvlm.data.emotions import EMOTIONS
-from affectvlm.data.views import IMAGE_RECIPES
+from affectvlm.data.views import DEFAULT_RECIPE, IMAGE_RECIPES
 from affectvlm.model.prompts import PromptBank
 from affectvlm.train.loop import accuracy_over_levels
 
@@ -42,7 +42,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "jitter": {"online views, no jitter": ["--source", "online", "--jitter", NO_JITTER],
                "online views, 3D jitter": ["--source", "online"]},
     "views": {"1 view": ["--views", "frontal"], "3 views": [], "5 views": ["--views", "frontal,left,right,up,down"]},
-    "channels": {recipe: ["--recipe", recipe] for recipe in IMAGE_RECIPES},
+    "channels": {recipe: [] if recipe == DEFAULT_RECIPE else ["--recipe", recipe] for recipe in IMAGE_RECIPES},
 }
 
 
