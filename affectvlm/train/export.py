@@ -3,11 +3,11 @@ text tower's token table cut down to the rows its prompt bank uses.
 
 affect-tiny's weights are 37 MB in float32 (its training checkpoint, with the optimizer's state, 107 MB), and
 two thirds of them are the token table: one row for each of the tokenizer's 49,408 tokens, of which the prompt
-bank uses a few hundred; the other rows are never trained. The exported file keeps the used rows (a prompt made of other tokens embeds them as zeros) and stores
-every weight in float16. It holds no optimizer or generator state, so training cannot resume from it;
-`affectvlm predict`, `affectvlm evaluate` and the app read it like any checkpoint (`load_checkpoint` restores
-the full table, in float32). `export_model` checks that the exported model embeds every prompt of the bank as the
-checkpoint's did before it writes the file.
+bank uses a few hundred; the other rows are never trained. The exported file keeps the used rows (a prompt made
+of other tokens embeds them as zeros) and stores every weight in float16. It holds no optimizer or generator
+state, so training cannot resume from it; `affectvlm predict`, `affectvlm evaluate` and the app read it like any
+checkpoint (`load_checkpoint` restores the full table, in float32). `export_model` checks that the exported
+model embeds every class prompt as the checkpoint did, and removes the file otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def export_model(source: str | Path, destination: str | Path) -> dict:
 def used_token_rows(tokenizer, bank) -> torch.Tensor:
     """The token ids of every string in the bank (its templates and words), plus the start and end tokens, an
     empty text's padding and 'an' (which the bank writes for 'a' before a vowel), sorted."""
-    texts = [text for text in _strings(bank.as_dict())] + ["an", ""]
+    texts = _strings(bank.as_dict()) + ["an", ""]
     ids = tokenizer(texts).flatten()
     return torch.unique(ids).to(torch.int64)
 
