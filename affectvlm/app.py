@@ -84,7 +84,8 @@ def main(settings: AppSettings) -> None:
         st.error(_one_line(error))
         st.stop()
     st.caption(f"Checkpoint `{Path(checkpoint).name}`: {len(predictor.classes)} classes, views "
-               f"{', '.join(predictor.views)} at {predictor.image_size} px, image recipe `{predictor.recipe}`.")
+               f"{', '.join(predictor.views)} at {predictor.image_size} px, image recipe `{predictor.recipe}`, "
+               f"pose normalisation `{predictor.pose}`.")
     controls = sidebar()
     try:
         inspection = analysed(predictor, controls, settings.limits)

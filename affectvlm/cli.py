@@ -146,12 +146,13 @@ def run_render(args: argparse.Namespace) -> int:
 
     channels = tuple(args.channels.split(",")) if args.channels else None
     settings = RenderSettings(views=tuple(args.views.split(",")), size=args.size, recipe=args.recipe,
-                              channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout)
+                              channels=channels, dtype=args.dtype, projection=args.projection, layout=args.layout,
+                              pose=args.pose)
     try:
         total = len(index_dataset(args.data, args.layout))
         with tqdm(total=total, unit="mesh", desc="meshes" if args.meshes else "render") as progress:
             if args.meshes:
-                cache = build_mesh_cache(args.data, args.out, args.layout, on_samples=progress.update)
+                cache = build_mesh_cache(args.data, args.out, args.layout, on_samples=progress.update, pose=args.pose)
             else:
                 outcome = render_dataset(args.data, args.out, settings, args.device, args.shard_size, args.batch,
                                          on_samples=progress.update)
@@ -168,6 +169,8 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def _add_render_parser(commands) -> None:
+    from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
+
     render = commands.add_parser(
         "render", help="render a mesh dataset into multiview image shards (.npy) with an index",
         description="Render every mesh of a dataset folder (any layout `index_dataset` reads) in its canonical "
@@ -186,6 +189,9 @@ def _add_render_parser(commands) -> None:
                         help=f"store these raw channels instead of a recipe: comma-separated from "
                              f"{', '.join(stored_channels())}")
     render.add_argument("--projection", default="perspective", help="perspective (default) or orthographic")
+    render.add_argument("--pose", choices=POSES, default=DEFAULT_POSE,
+                        help="pose normalisation: register every face to the template face, or only centre and "
+                             "scale it (default %(default)s)")
     render.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to render (default cpu)")
     render.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored dtype")
     render.add_argument("--shard-size", type=_positive_int, default=256, help="meshes per shard (default 256)")

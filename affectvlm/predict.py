@@ -51,6 +51,7 @@ class Predictor:
     image_size: int
     recipe: str
     projection: str
+    pose: str  # pose normalisation, affectvlm.geometry.normalise.POSES
     augmenter: TorchAugmenter
     device: torch.device
     prompt_texts: list[str]
@@ -75,19 +76,20 @@ def predictor_of(stored, device: str | torch.device = "cpu") -> Predictor:
     load_module_state(model, stored, "module.model.")
     data, source = info["data"], info["data"]["source"]
     return assemble_predictor(model, PromptBank.from_dict(info["prompts"]), info["classes"], source["views"],
-                              int(source["size"]), source["recipe"], source["projection"], (data["mean"], data["std"]),
-                              device)
+                              int(source["size"]), source["recipe"], source["projection"],
+                              source.get("pose", "none"),  # models from before pose normalisation
+                              (data["mean"], data["std"]), device)
 
 
 def assemble_predictor(model: torch.nn.Module, bank, classes, views, image_size: int, recipe: str, projection: str,
-                       normalisation: tuple, device: str | torch.device) -> Predictor:
+                       pose: str, normalisation: tuple, device: str | torch.device) -> Predictor:
     """A Predictor of `model` (put in eval mode on `device`), with the embeddings of every class prompt."""
     device = torch.device(device)
     model.to(device).eval()
     texts = [prompt for name in classes for prompt in bank.class_prompts(name)]
     with torch.no_grad():
         embeddings = torch.nn.functional.normalize(model.encode_text(texts).float(), dim=1)
-    return Predictor(model, bank, tuple(classes), tuple(views), image_size, recipe, projection,
+    return Predictor(model, bank, tuple(classes), tuple(views), image_size, recipe, projection, pose,
                      TorchAugmenter(*normalisation), device, texts, embeddings)
 
 
@@ -140,7 +142,7 @@ def inspect_meshes(predictor: Predictor, name: str, meshes: list[Mesh], frame_fi
     timing each stage."""
     seconds = {stage: 0.0 for stage in STAGES} | {"read": read_seconds}
     with _timed(seconds, "normalise"):
-        meshes = [normalise(mesh) for mesh in meshes]
+        meshes = [normalise(mesh, predictor.pose) for mesh in meshes]
     views, embeddings = [], []
     for start in range(0, len(meshes), FRAMES_PER_BATCH):
         chunk = meshes[start:start + FRAMES_PER_BATCH]
@@ -179,7 +181,7 @@ def embed_meshes(predictor: Predictor, paths: list[Path]) -> torch.Tensor:
     for path in paths:
         if not path.is_file():
             raise OSError(f"{path}: no such file")
-        meshes.append(normalise(load_mesh(path)))
+        meshes.append(normalise(load_mesh(path), predictor.pose))
     return embed_vertices(predictor, [torch.from_numpy(m.vertices) for m in meshes],
                           [torch.from_numpy(m.faces) for m in meshes])
 

@@ -33,9 +33,8 @@ def expression_grid(path: str | Path, seed: int = 3, level: int = 4, dpi: int = 
     model, rig = _identity(seed)
     poses = [rig.pose(expression_weights(model, emotion, level)).astype(np.float32) for emotion in EMOTIONS]
     # One scale for all seven, so that expressions are compared at the same size.
-    neutral = normalise(Mesh(poses[EMOTIONS.index("neutral")], model.faces))
-    centre, scale = neutral.metadata["normalise_centre"], neutral.metadata["normalise_scale"]
-    vertices = torch.from_numpy(((np.stack(poses) - centre) * scale).astype(np.float32))
+    transform = normalise(Mesh(poses[EMOTIONS.index("neutral")], model.faces)).metadata["normalise_transform"]
+    vertices = torch.from_numpy((np.stack(poses) @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32))
     shading, mask = render_views(vertices, torch.from_numpy(model.faces), orbit_cameras([(yaw_degrees, 0.0)]),
                                  size, ("shading", "mask"))[:, 0].unbind(1)
     images = (0.15 + 0.85 * shading[..., None].numpy()) * SKIN * mask[..., None].numpy()

@@ -51,7 +51,8 @@ def mesh_cache(static_dataset, tmp_path_factory):
 
 
 # A checkpoint for the app's and the explanation's tests: a tiny model trained for two steps on `static_dataset`
-# by the real trainer (seconds). Its predictions mean little; the tests check the plumbing, not the accuracy.
+# by the real trainer (seconds), with faces registered to the template face (--pose template), so that the app's
+# path through pose normalisation is the one tested. Its predictions mean little; the tests check the plumbing.
 TINY_APP_MODEL = {"embed_dim": 32,
                   "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
                   "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
@@ -69,7 +70,7 @@ def app_checkpoint(static_dataset, tmp_path_factory):
     (folder / "tiny.json").write_text(json.dumps(TINY_APP_MODEL))
     command = [sys.executable, "-m", "affectvlm.train", str(static_dataset), "--model", str(folder / "tiny.json"),
                "--out", str(folder / "run"), "--max-steps", "2", "--epochs", "1", "--batch-size", "8", "--folds", "2",
-               "--device", "cpu", "--no-progress"]
+               "--device", "cpu", "--no-progress", "--pose", "template"]
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})

@@ -75,9 +75,10 @@ def smile_and_neutral(seed):
     (one transform for both, so only what the smile moves differs), with no pose or noise."""
     model = ProceduralFaceModel()
     rig = model.rig(model.random_identity(np.random.default_rng(seed)))
-    neutral = normalise(Mesh(rig.neutral.astype(np.float32), model.faces))
-    centre, scale = neutral.metadata["normalise_centre"], neutral.metadata["normalise_scale"]
-    smile = ((rig.pose(expression_weights(model, "happiness", 4)) - centre) * scale).astype(np.float32)
+    neutral = normalise(Mesh(rig.neutral.astype(np.float32), model.faces), pose="none")
+    transform = neutral.metadata["normalise_transform"]
+    smile = rig.pose(expression_weights(model, "happiness", 4)) @ transform[:3, :3].T + transform[:3, 3]
+    smile = smile.astype(np.float32)
     return smile, neutral.vertices, model.faces
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import trimesh
 
 from affectvlm.geometry import Mesh, normalise
@@ -16,22 +17,21 @@ def disc_facing(direction, centre=(5.0, -2.0, 7.0), radius=30.0):
 
 def test_normalise_centres_and_scales_to_unit_radius():
     mesh = disc_facing([0, 0, 1])
-    result = normalise(mesh)
+    result = normalise(mesh, pose="none")
     bounds = result.vertices.min(axis=0), result.vertices.max(axis=0)
     assert np.allclose((bounds[0] + bounds[1]) / 2, 0, atol=1e-6)
     assert np.isclose(np.linalg.norm(result.vertices, axis=1).max(), 1.0)
     assert np.array_equal(result.faces, mesh.faces)
+    assert "normalise_registered" not in result.metadata
     # Undo the stored transform: the input comes back.
-    restored = result.vertices / result.metadata["normalise_scale"] + result.metadata["normalise_centre"]
+    inverse = np.linalg.inv(result.metadata["normalise_transform"])
+    restored = result.vertices @ inverse[:3, :3].T + inverse[:3, 3]
     assert np.allclose(restored, mesh.vertices, atol=1e-4)
 
 
-def test_align_turns_the_forward_direction_onto_plus_z():
-    for direction in ([1, 0, 0], [0, -1, 0], [0, 0, -1], [1, 1, 1]):
-        result = normalise(disc_facing(np.array(direction, float) / np.linalg.norm(direction)), align=True)
-        normals = trimesh.Trimesh(result.vertices, result.faces, process=False).face_normals
-        assert np.allclose(normals.mean(axis=0), [0, 0, 1], atol=1e-3), direction
-        assert np.ptp(result.vertices[:, 2]) < 1e-3  # the disc now lies in the xy plane
+def test_an_unknown_pose_normalisation_is_refused():
+    with pytest.raises(ValueError, match="unknown pose normalisation 'upright'"):
+        normalise(disc_facing([0, 0, 1]), pose="upright")
 
 
 def test_a_mesh_wound_inward_is_rewound_and_one_wound_outward_is_kept():
@@ -40,7 +40,7 @@ def test_a_mesh_wound_inward_is_rewound_and_one_wound_outward_is_kept():
     vertices = (sphere.vertices * rng.uniform(1, 50) + rng.normal(size=3) * 100).astype(np.float32)
     outward = Mesh(vertices, sphere.faces.astype(np.int64), {})
     inward = Mesh(vertices, sphere.faces[:, ::-1].astype(np.int64), {})
-    kept, rewound = normalise(outward), normalise(inward)
+    kept, rewound = normalise(outward, pose="none"), normalise(inward, pose="none")
     assert not kept.metadata["normalise_rewound"] and rewound.metadata["normalise_rewound"]
     np.testing.assert_array_equal(kept.faces, outward.faces)
     np.testing.assert_array_equal(np.sort(rewound.faces, axis=1), np.sort(outward.faces, axis=1))
@@ -59,6 +59,7 @@ def test_a_face_scan_renders_the_same_whichever_way_it_is_wound():
     face = synthetic_face("surprise", 3, identity_seed=int(np.random.default_rng().integers(1000)))
     flipped = Mesh(face.vertices, face.faces[:, [0, 2, 1]].copy(), {})
     cameras = view_cameras(["frontal", "left"])
+    canonical = [normalise(mesh, pose="none") for mesh in (face, flipped)]
     images = [render_model_views(torch.from_numpy(mesh.vertices)[None], torch.from_numpy(mesh.faces), cameras, 48,
-                                 "shading_depth_normal") for mesh in (normalise(face), normalise(flipped))]
+                                 "shading_depth_normal") for mesh in canonical]
     torch.testing.assert_close(images[0], images[1])

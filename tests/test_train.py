@@ -250,6 +250,21 @@ def test_predict_renders_as_the_training_data_was_rendered(trained):
     assert cosine.min() > 0.999, cosine  # the cache stores float16 images; the meshes render in float32
 
 
+def test_a_model_is_shown_faces_normalised_as_in_its_training(trained):
+    from affectvlm.predict import predictor_of
+    from affectvlm.train.checkpoint import load_checkpoint
+    from affectvlm.train.config import TrainConfig
+
+    stored = load_checkpoint(trained[0] / "best.safetensors")
+    assert stored.info["data"]["source"]["pose"] == stored.info["config"]["pose"] == "none"
+    stored.info["data"]["source"]["pose"] = "template"
+    assert predictor_of(stored).pose == "template"
+    # A checkpoint from before pose normalisation names none: its faces were only centred and scaled.
+    del stored.info["data"]["source"]["pose"], stored.info["config"]["pose"]
+    assert predictor_of(stored).pose == "none"
+    assert TrainConfig.from_dict(stored.info["config"]).pose == "none"
+
+
 def test_bad_checkpoints_fail_with_one_line(data, trained, tmp_path):
     good = data / "faces" / "S002" / "S002_happiness_4.ply"
     truncated = tmp_path / "truncated.safetensors"

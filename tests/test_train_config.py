@@ -23,7 +23,8 @@ def random_config(rng: random.Random) -> TrainConfig:
     choices = {
         "data": [None, "data/my scans"], "cache_dir": [None, "/tmp/c"], "synthetic_subjects": [60, rng.randint(1, 500)],
         "views": [("frontal", "left", "right"), ("frontal",), ("frontal", "up", "down")],
-        "image_size": [None, rng.randint(16, 256)], "recipe": [None, "normal"], "source": ["cached", "online"],
+        "image_size": [None, rng.randint(16, 256)], "recipe": [None, "normal"], "pose": ["template", "none"],
+        "source": ["cached", "online"],
         "jitter": [{}, {"yaw": rng.uniform(0, 20), "light": 5.0}], "augment": [None, {}, {"flip": 0.25, "crop_scale": [0.9, 1.0]}],
         "folds": [5, 3], "fold": [0, 1], "model": ["affect-tiny", "cfg.json"], "pretrained": [None, "w.pt"],
         "view_fusion": ["mean", "attention"], "prompts": [None, "p.json"], "prompt_bank": [None, "b.json"],

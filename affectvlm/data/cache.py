@@ -27,6 +27,7 @@ import torch
 from affectvlm.data.datasets import Sample, index_dataset, load_sample
 from affectvlm.data.views import DEFAULT_RECIPE, IMAGE_RECIPES, check_recipe, render_model_views
 from affectvlm.geometry.cameras import DEFAULT_VIEWS, view_cameras
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
 from affectvlm.ops.raster import channel_layout, render_views
 
 INDEX_FILE = "index.json"
@@ -49,10 +50,13 @@ class RenderSettings:
     dtype: str = "float16"
     projection: str = "perspective"
     layout: str = "auto"  # of the dataset folder, as index_dataset reads it
+    pose: str = DEFAULT_POSE  # pose normalisation, see affectvlm.geometry.normalise.POSES
 
     def __post_init__(self):
         if self.recipe is not None and self.channels is not None:
             raise CacheError("a cache holds either an image recipe or raw channels, not both")
+        if self.pose not in POSES:
+            raise CacheError(f"unknown pose normalisation '{self.pose}' (choose from {', '.join(POSES)})")
         if self.channels is None:
             object.__setattr__(self, "recipe", check_recipe(self.recipe or DEFAULT_RECIPE))
         else:
@@ -119,7 +123,7 @@ def shard_is_complete(path: Path, shape: tuple[int, ...], dtype: str) -> bool:
 
 
 def _render_batch(samples: list[Sample], settings: RenderSettings, device: str) -> torch.Tensor:
-    meshes = [load_sample(sample) for sample in samples]
+    meshes = [load_sample(sample, settings.pose) for sample in samples]
     cameras = view_cameras(settings.views, projection=settings.projection)
     vertices = [torch.from_numpy(m.vertices).to(device) for m in meshes]
     if all(np.array_equal(m.faces, meshes[0].faces) for m in meshes):

@@ -15,7 +15,7 @@ from pathlib import Path
 from affectvlm.data.emotions import parse_emotion
 from affectvlm.geometry.io import READABLE_FORMATS, load_mesh
 from affectvlm.geometry.mesh import Mesh
-from affectvlm.geometry.normalise import normalise
+from affectvlm.geometry.normalise import DEFAULT_POSE, normalise
 
 LABELS_FILE = "labels.csv"
 REQUIRED_COLUMNS = ("file", "subject", "emotion")
@@ -46,10 +46,10 @@ class Sample:
     attributes: dict = field(default_factory=dict, compare=False)  # sex, age, race, scan kind, ...
 
 
-def load_sample(sample: Sample, align: bool = False) -> Mesh:
-    """The sample's mesh in the canonical frame (`affectvlm.geometry.normalise`), its labels in the metadata.
-    Raises `MeshError` for a file that is not a usable mesh."""
-    mesh = normalise(load_mesh(sample.path), align=align)
+def load_sample(sample: Sample, pose: str = DEFAULT_POSE) -> Mesh:
+    """The sample's mesh in the canonical frame (`affectvlm.geometry.normalise` with `pose`), its labels in the
+    metadata. Raises `MeshError` for a file that is not a usable mesh."""
+    mesh = normalise(load_mesh(sample.path), pose)
     mesh.metadata.update(subject=sample.subject, emotion=sample.emotion, intensity=sample.intensity,
                          sequence=sample.sequence, frame=sample.frame, **sample.attributes)
     return mesh

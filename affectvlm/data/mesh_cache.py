@@ -5,7 +5,7 @@ views source reads every mesh once per epoch, so the meshes are converted once i
 - `vertices-00000.npy`, ...: float32 (n, 3), the vertices of consecutive samples one after another;
 - `faces-00000.npy`, ...: int32 (m, 3), the faces of each distinct topology, stored once however many
   samples share it (the frames of a synthetic sequence, or any meshes with identical faces);
-- `index.json`: the source folder and layout, the shard files, the topologies (shard, start, count) and one
+- `index.json`: the source folder, layout and pose normalisation, the shard files, the topologies (shard, start, count) and one
   entry per sample (its file relative to the source folder, labels, where its vertices lie, its topology).
 Shards are written to temporary files and renamed, and the index last, so a folder with an index is complete.
 Opening the cache maps every shard and checks its shape against the index; loading a mesh is two slices and a
@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from affectvlm.data.datasets import Sample, index_dataset, load_sample
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
 
 INDEX_FILE = "index.json"
 FORMAT = "affectvlm-mesh-cache-1"
@@ -34,11 +35,13 @@ class MeshCacheError(ValueError):
 
 
 def build_mesh_cache(data: str | Path, out: str | Path, layout: str = "auto",
-                     on_samples: Callable[[int], None] | None = None) -> MeshCache:
-    """Convert every mesh of the dataset folder `data` into the mesh cache folder `out` and open it.
-    A folder that already holds the cache of the same samples is opened as it is; one holding anything
-    else is refused. `on_samples(n)` is called as n more meshes are done."""
+                     on_samples: Callable[[int], None] | None = None, pose: str = DEFAULT_POSE) -> MeshCache:
+    """Convert every mesh of the dataset folder `data`, normalised with `pose`, into the mesh cache folder `out`
+    and open it. A folder that already holds the cache of the same samples and pose is opened as it is; one
+    holding anything else is refused. `on_samples(n)` is called as n more meshes are done."""
     data, out = Path(data), Path(out)
+    if pose not in POSES:
+        raise MeshCacheError(f"unknown pose normalisation '{pose}' (choose from {', '.join(POSES)})")
     samples = index_dataset(data, layout)
     if not samples:
         raise MeshCacheError(f"{data}: no samples to cache")
@@ -47,12 +50,15 @@ def build_mesh_cache(data: str | Path, out: str | Path, layout: str = "auto",
         existing = MeshCache(out)
         if [_strip_location(e) for e in existing.index["samples"]] != entries:
             raise MeshCacheError(f"{out} holds a mesh cache of other data; choose another folder or empty it")
+        if existing.pose != pose:
+            raise MeshCacheError(f"{out} holds meshes normalised with pose '{existing.pose}', not '{pose}'; choose "
+                                 "another folder or empty it")
         return existing
     out.mkdir(parents=True, exist_ok=True)
     writer = _ShardWriter(out)
     topologies: dict[bytes, int] = {}
     for sample, entry in zip(samples, entries):
-        mesh = load_sample(sample)
+        mesh = load_sample(sample, pose)
         key = hashlib.blake2b(np.ascontiguousarray(mesh.faces, dtype=np.int32).tobytes(), digest_size=16).digest()
         if key not in topologies:
             topologies[key] = len(writer.topologies)
@@ -61,7 +67,7 @@ def build_mesh_cache(data: str | Path, out: str | Path, layout: str = "auto",
         if on_samples is not None:
             on_samples(1)
     writer.close()
-    index = {"format": FORMAT, "data": str(data.resolve()), "layout": layout, "vertex_shards": writer.shards["vertices"],
+    index = {"format": FORMAT, "data": str(data.resolve()), "layout": layout, "pose": pose, "vertex_shards": writer.shards["vertices"],
              "face_shards": writer.shards["faces"], "topologies": writer.topologies, "samples": entries}
     _write_atomically(out / INDEX_FILE, lambda path: path.write_text(json.dumps(index)))
     return MeshCache(out)
@@ -137,6 +143,7 @@ class MeshCache:
             raise MeshCacheError(f"{index_path}: not a mesh cache index (format {FORMAT} expected)")
         try:
             data = Path(self.index["data"])
+            self.pose = self.index.get("pose", "none")  # caches from before pose normalisation
             self.samples = [Sample(data / e["file"], e["subject"], e["emotion"], e["intensity"], e["sequence"],
                                    e["frame"], e["attributes"]) for e in self.index["samples"]]
             self._entries = np.array([[e["shard"], e["start"], e["count"], e["topology"]]

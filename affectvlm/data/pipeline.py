@@ -85,7 +85,8 @@ class CachedViews:
     """Views read from a render cache folder. `views`, `size` and `recipe`, when given, are what the caller
     expects; a cache rendered otherwise is refused. Sample paths are relative to the rendered dataset folder."""
 
-    def __init__(self, cache_dir: str | Path, *, views=None, size: int | None = None, recipe: str | None = None):
+    def __init__(self, cache_dir: str | Path, *, views=None, size: int | None = None, recipe: str | None = None,
+                 pose: str | None = None):
         self.path = Path(cache_dir)
         index_path = self.path / INDEX_FILE
         try:
@@ -93,6 +94,7 @@ class CachedViews:
             settings, entries = index["settings"], index["samples"]
             self.recipe, self.image_size = settings["recipe"], settings["size"]
             self.view_names = tuple(settings["views"])
+            self.pose = settings.get("pose", "none")  # caches from before pose normalisation
             self.samples = [Sample(Path(e["file"]), e["subject"], e["emotion"], e["intensity"], e["sequence"],
                                    e["frame"]) for e in entries]
             locations = np.array([[e["shard"], e["row"]] for e in entries], dtype=np.int64).reshape(-1, 2)
@@ -104,8 +106,8 @@ class CachedViews:
             raise CacheError(f"{index_path}: holds raw channels {settings.get('channels')}, not model views; "
                              "render it again without --channels")
         expected = {"views": tuple(views.split(",") if isinstance(views, str) else views) if views else None, "size": size,
-                    "recipe": recipe}
-        actual = {"views": self.view_names, "size": self.image_size, "recipe": self.recipe}
+                    "recipe": recipe, "pose": pose}
+        actual = {"views": self.view_names, "size": self.image_size, "recipe": self.recipe, "pose": self.pose}
         for name, value in expected.items():
             if value is not None and value != actual[name]:
                 raise CacheError(f"{index_path}: rendered with {name} {actual[name]}, not the {value} asked for")
@@ -141,12 +143,16 @@ class CachedViews:
 
 class OnlineViews:
     """Views rendered per batch from a mesh cache folder, with cameras and lights jittered by `jitter` in
-    training (`augment=True`) and at the presets otherwise."""
+    training (`augment=True`) and at the presets otherwise. `pose`, when given, is the pose normalisation the
+    caller expects the cache's meshes to have had."""
 
     def __init__(self, mesh_cache_dir: str | Path, views=DEFAULT_VIEWS, size: int = 224, recipe: str = DEFAULT_RECIPE,
-                 jitter: CameraJitter = CameraJitter(), device="auto", *, projection: str = "perspective"):
+                 jitter: CameraJitter = CameraJitter(), device="auto", *, projection: str = "perspective",
+                 pose: str | None = None):
         self.meshes = MeshCache(mesh_cache_dir)
-        self.samples = self.meshes.samples
+        self.samples, self.pose = self.meshes.samples, self.meshes.pose
+        if pose is not None and pose != self.pose:
+            raise CacheError(f"{self.meshes.path}: meshes normalised with pose {self.pose}, not the {pose} asked for")
         self.view_names = tuple(views.split(",")) if isinstance(views, str) else tuple(views)
         self.image_size, self.recipe, self.jitter = size, check_recipe(recipe), jitter
         self.projection = projection
@@ -271,7 +277,7 @@ class ViewPipeline:
     def settings(self) -> dict:
         """What this pipeline reads and does, as JSON-able data (stored with checkpoints)."""
         source = {"kind": type(self.source).__name__, "views": list(self.source.view_names),
-                  "size": self.source.image_size, "recipe": self.source.recipe}
+                  "size": self.source.image_size, "recipe": self.source.recipe, "pose": self.source.pose}
         if isinstance(self.source, OnlineViews):
             source.update(path=str(self.source.meshes.path), jitter=self.source.jitter.as_dict(),
                           projection=self.source.projection)

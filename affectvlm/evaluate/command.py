@@ -109,10 +109,11 @@ def _zero_shot(args, out: Path):
     samples = _samples_of(data) if (data / INDEX_FILE).is_file() else index_dataset(data)
     classes = tuple(name for name in EMOTIONS if any(sample.emotion == name for sample in samples))
     predictor = zero_shot_predictor(args.zero_shot, args.pretrained, classes, args.views.split(","), args.recipe,
-                                    device=_device(args))
+                                    device=_device(args), pose=args.pose)
     predictions = predict_samples(predictor, data)
     document = {"mode": "zero-shot", "model": args.zero_shot, "pretrained": args.pretrained, "data": str(data),
-                "views": list(predictor.views), "image_size": predictor.image_size, "recipe": predictor.recipe}
+                "views": list(predictor.views), "image_size": predictor.image_size, "recipe": predictor.recipe,
+                "pose": predictor.pose}
     return _with_report(document, predictions, args, out, f"zero-shot {args.zero_shot} on {data}")
 
 

@@ -25,6 +25,7 @@ import torch
 
 from affectvlm.evaluate.figures import confusion_figure, frame_curves_figure, reliability_figure
 from affectvlm.evaluate.metrics import DEFAULT_CALIBRATION_BINS, classification_report
+from affectvlm.geometry.normalise import DEFAULT_POSE
 
 BATCH = 16  # samples per model call
 
@@ -127,7 +128,8 @@ def _cached_views(predictor, cache: Path):
     from affectvlm.data.augment import AugmentSettings
     from affectvlm.data.pipeline import ViewPipeline, open_views
 
-    source = open_views(cache, views=predictor.views, size=predictor.image_size, recipe=predictor.recipe)
+    source = open_views(cache, views=predictor.views, size=predictor.image_size, recipe=predictor.recipe,
+                        pose=predictor.pose)
     mean = predictor.augmenter.mean.flatten().tolist()
     std = predictor.augmenter.std.flatten().tolist()
 
@@ -142,7 +144,7 @@ def _cached_views(predictor, cache: Path):
 
 
 def zero_shot_predictor(model_name: str, pretrained: str | None, classes, views, recipe: str | None = None,
-                        projection: str = "perspective", device: str | torch.device = "cpu"):
+                        projection: str = "perspective", device: str | torch.device = "cpu", pose: str = DEFAULT_POSE):
     """A predictor of an open_clip model as it is (tag or local weights file), classifying by the default
     prompt bank's class prompts; no training."""
     from affectvlm.data.views import DEFAULT_RECIPE
@@ -152,7 +154,7 @@ def zero_shot_predictor(model_name: str, pretrained: str | None, classes, views,
 
     model = build_model(model_name, pretrained, classes=tuple(classes))
     return assemble_predictor(model, PromptBank.default(), classes, views, model.image_size, recipe or DEFAULT_RECIPE,
-                              projection, model.normalisation, device)
+                              projection, pose, model.normalisation, device)
 
 
 def report_of(predictions: Predictions, bins: int = DEFAULT_CALIBRATION_BINS) -> dict:

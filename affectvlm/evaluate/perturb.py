@@ -80,7 +80,7 @@ def rescan(mesh: Mesh, faces: int) -> Mesh:
     """The surface seen from the front (+z) sampled again on a regular grid, as a range scanner does, and
     triangulated afresh with about `faces` triangles: a new triangulation, not a subdivision of the old one.
     Parts hidden from the front are lost, as in a scan. Units and placement are kept."""
-    canonical = normalise(mesh)
+    canonical = normalise(mesh, pose="none")  # the scanner sees the head as it is turned
     coverage = _front_depth(canonical, _COVERAGE_PROBE)[1].mean()
     side = max(8, int(round(np.sqrt(faces / (2 * max(coverage, 1e-3))))))
     depth, covered = _front_depth(canonical, side)
@@ -90,7 +90,8 @@ def rescan(mesh: Mesh, faces: int) -> Mesh:
     grid = np.stack([x, y, _SCAN_DISTANCE - depth], axis=-1)
     points, triangles = grid_triangles(grid, covered, max_edge_factor=4.0)
     # Back from the canonical frame to the mesh's own units and placement.
-    vertices = points / canonical.metadata["normalise_scale"] + canonical.metadata["normalise_centre"]
+    transform = np.linalg.inv(canonical.metadata["normalise_transform"])
+    vertices = points @ transform[:3, :3].T + transform[:3, 3]
     return _without_unused_vertices(vertices.astype(np.float32), triangles, dict(mesh.metadata))
 
 

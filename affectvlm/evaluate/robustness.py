@@ -153,7 +153,7 @@ def _probabilities(predictor, meshes: list[Mesh]) -> np.ndarray:
 
     rows = []
     for start in range(0, len(meshes), BATCH):
-        canonical = [normalise(mesh) for mesh in meshes[start:start + BATCH]]
+        canonical = [normalise(mesh, predictor.pose) for mesh in meshes[start:start + BATCH]]
         embeddings = embed_vertices(predictor, [torch.from_numpy(m.vertices) for m in canonical],
                                     [torch.from_numpy(m.faces) for m in canonical])
         rows.append(predictor.model.logits(embeddings, predictor.bank).softmax(dim=-1).cpu().double())

@@ -6,6 +6,8 @@ import argparse
 import shlex
 from dataclasses import asdict, dataclass, field, fields
 
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -16,6 +18,7 @@ class TrainConfig:
     views: tuple[str, ...] = ("frontal", "left", "right")
     image_size: int | None = None  # None: the model's
     recipe: str | None = None  # None: affectvlm.data.views.DEFAULT_RECIPE
+    pose: str = DEFAULT_POSE  # pose normalisation of every face, affectvlm.geometry.normalise.POSES
     source: str = "cached"  # "cached": a render cache; "online": views rendered per batch from a mesh cache
     jitter: dict = field(default_factory=dict)  # CameraJitter fields overriding its defaults (online views only)
     # None: no augmentation, the default: with it the main job ends at 20.7% held-out instead of 74.3%
@@ -87,7 +90,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        return cls(**{**data, "views": tuple(data["views"]), "loss_weights": tuple(data["loss_weights"])})
+        """The config stored in a checkpoint; one from before pose normalisation had none."""
+        return cls(**{"pose": "none", **data, "views": tuple(data["views"]), "loss_weights": tuple(data["loss_weights"])})
 
 
 def _key_values(text: str | None, option: str) -> dict:
@@ -140,6 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--views", default=",".join(d.views), help="comma-separated named views (default %(default)s)")
     data.add_argument("--image-size", type=_positive, help="image side in pixels (default: the model's)")
     data.add_argument("--recipe", help="image recipe, see affectvlm.data.views.IMAGE_RECIPES")
+    data.add_argument("--pose", choices=POSES, default=d.pose,
+                      help="pose normalisation: register every face to the template face, or only centre and "
+                           "scale it (default %(default)s)")
     data.add_argument("--source", choices=["cached", "online"], default=d.source,
                       help="views from a render cache, or rendered per batch from a mesh cache (default cached)")
     data.add_argument("--jitter", help="camera jitter of online views, e.g. yaw=10,pitch=5,roll=3,distance=0.05")

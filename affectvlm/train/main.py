@@ -292,19 +292,20 @@ def open_source(config: TrainConfig, runtime: Runtime, data: Path, image_size: i
 
     recipe = config.recipe or DEFAULT_RECIPE
     if is_views_cache(data) and not is_mesh_cache(data):
-        return CachedViews(data, views=config.views, size=image_size, recipe=recipe)
+        return CachedViews(data, views=config.views, size=image_size, recipe=recipe, pose=config.pose)
     mesh_cache = data
     if not is_views_cache(data) and config.source == "online":
         from affectvlm.data.mesh_cache import build_mesh_cache
 
-        mesh_cache = cache_folder(config) / f"mesh-{_digest(data.resolve())}"
+        mesh_cache = cache_folder(config) / f"mesh-{_digest(data.resolve(), config.pose)}"
         if runtime.is_main:
             print(f"caching the meshes of {data} in {mesh_cache}")
-            build_mesh_cache(data, mesh_cache)
+            build_mesh_cache(data, mesh_cache, pose=config.pose)
         barrier(runtime)
     if is_views_cache(mesh_cache):
-        return OnlineViews(mesh_cache, config.views, image_size, recipe, CameraJitter(**config.jitter), runtime.device)
-    settings = RenderSettings(views=config.views, size=image_size, recipe=recipe)
+        return OnlineViews(mesh_cache, config.views, image_size, recipe, CameraJitter(**config.jitter), runtime.device,
+                           pose=config.pose)
+    settings = RenderSettings(views=config.views, size=image_size, recipe=recipe, pose=config.pose)
     render_cache = cache_folder(config) / f"render-{_digest(data.resolve(), settings.as_dict())}"
     if runtime.is_main:
         print(f"rendering {data} into {render_cache}")
