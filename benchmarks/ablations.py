@@ -22,6 +22,7 @@ from pathlib import Path
 
 from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.views import DEFAULT_RECIPE, IMAGE_RECIPES
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
 from affectvlm.model.prompts import PromptBank
 from affectvlm.train.loop import accuracy_over_levels
 
@@ -43,6 +44,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
                "online views, 3D jitter": ["--source", "online"]},
     "views": {"1 view": ["--views", "frontal"], "3 views": [], "5 views": ["--views", "frontal,left,right,up,down"]},
     "channels": {recipe: [] if recipe == DEFAULT_RECIPE else ["--recipe", recipe] for recipe in IMAGE_RECIPES},
+    "pose": {pose: [] if pose == DEFAULT_POSE else ["--pose", pose] for pose in POSES},
 }
 
 
@@ -92,7 +94,10 @@ def with_files_in(out: Path, options: list[str]) -> list[str]:
 def run_variant(out: Path, options: list[str], train: bool = True) -> dict | None:
     """Train one variant (unless already finished) and return its evaluation records and wall time; None for an
     unfinished variant when `train` is false."""
-    folder = out / ("run-" + hashlib.sha256(json.dumps(options).encode()).hexdigest()[:10])
+    # The defaults a variant leaves implicit are part of its name: a run made before a default changed is not
+    # taken for the new default's.
+    implicit = {"recipe": DEFAULT_RECIPE, "pose": DEFAULT_POSE}
+    folder = out / ("run-" + hashlib.sha256(json.dumps([options, implicit]).encode()).hexdigest()[:10])
     result_file = folder / "result.json"
     if not result_file.is_file() and not train:
         return None

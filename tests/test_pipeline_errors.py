@@ -46,8 +46,9 @@ def test_a_shard_that_disagrees_with_the_index_is_named(copied_views):
 def test_a_cache_made_with_other_settings_is_refused(view_cache, static_dataset, tmp_path):
     index = view_cache / "index.json"
     for expectation, message in [({"size": 64}, "rendered with size 32, not the 64"),
-                                 ({"recipe": "normal"}, "rendered with recipe shading_depth_normal"),
-                                 ({"views": "frontal,up"}, "rendered with views")]:
+                                 ({"recipe": "shading"}, "rendered with recipe normal, not the shading"),
+                                 ({"views": "frontal,up"}, "rendered with views"),
+                                 ({"pose": "template"}, "rendered with pose none, not the template")]:
         with pytest.raises(CacheError) as error:
             CachedViews(view_cache, **expectation)
         assert message in one_line(error, index)
@@ -57,6 +58,23 @@ def test_a_cache_made_with_other_settings_is_refused(view_cache, static_dataset,
     with pytest.raises(CacheError) as error:
         open_views(raw)
     assert "holds raw channels" in one_line(error, raw / "index.json")
+
+
+def test_a_mesh_cache_of_another_pose_normalisation_is_refused(mesh_cache, static_dataset):
+    from affectvlm.data.mesh_cache import build_mesh_cache
+
+    with pytest.raises(CacheError) as error:
+        OnlineViews(mesh_cache, pose="template")
+    one_line(error, mesh_cache)
+    OnlineViews(mesh_cache, pose="none")  # what it holds is accepted
+    with pytest.raises(MeshCacheError) as error:
+        build_mesh_cache(static_dataset, mesh_cache, pose="template")
+    assert "normalised with pose 'none', not 'template'" in one_line(error, mesh_cache)
+    with pytest.raises(MeshCacheError) as error:
+        build_mesh_cache(static_dataset, mesh_cache, pose="upright")
+    assert "unknown pose normalisation 'upright'" in str(error.value)
+    with pytest.raises(CacheError, match="unknown pose normalisation 'upright'"):
+        RenderSettings(pose="upright")
 
 
 def test_a_folder_that_is_no_cache_is_named(tmp_path):
