@@ -5,8 +5,9 @@ views source reads every mesh once per epoch, so the meshes are converted once i
 - `vertices-00000.npy`, ...: float32 (n, 3), the vertices of consecutive samples one after another;
 - `faces-00000.npy`, ...: int32 (m, 3), the faces of each distinct topology, stored once however many
   samples share it (the frames of a synthetic sequence, or any meshes with identical faces);
-- `index.json`: the source folder, layout and pose normalisation, the shard files, the topologies (shard, start, count) and one
-  entry per sample (its file relative to the source folder, labels, where its vertices lie, its topology).
+- `index.json`: the source folder, layout and pose normalisation, the shard files, the topologies (shard, start,
+  count) and one entry per sample (its file relative to the source folder, labels, where its vertices lie, its
+  topology).
 Shards are written to temporary files and renamed, and the index last, so a folder with an index is complete.
 Opening the cache maps every shard and checks its shape against the index; loading a mesh is two slices and a
 copy (microseconds). Damage shows as a one-line `MeshCacheError` naming the file.
@@ -67,8 +68,9 @@ def build_mesh_cache(data: str | Path, out: str | Path, layout: str = "auto",
         if on_samples is not None:
             on_samples(1)
     writer.close()
-    index = {"format": FORMAT, "data": str(data.resolve()), "layout": layout, "pose": pose, "vertex_shards": writer.shards["vertices"],
-             "face_shards": writer.shards["faces"], "topologies": writer.topologies, "samples": entries}
+    index = {"format": FORMAT, "data": str(data.resolve()), "layout": layout, "pose": pose,
+             "vertex_shards": writer.shards["vertices"], "face_shards": writer.shards["faces"],
+             "topologies": writer.topologies, "samples": entries}
     _write_atomically(out / INDEX_FILE, lambda path: path.write_text(json.dumps(index)))
     return MeshCache(out)
 

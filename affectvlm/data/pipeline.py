@@ -82,8 +82,8 @@ def resolve_device(device) -> torch.device:
 
 
 class CachedViews:
-    """Views read from a render cache folder. `views`, `size` and `recipe`, when given, are what the caller
-    expects; a cache rendered otherwise is refused. Sample paths are relative to the rendered dataset folder."""
+    """Views read from a render cache folder. `views`, `size`, `recipe` and `pose`, when given, are what the
+    caller expects; a cache rendered otherwise is refused. Sample paths are relative to the rendered dataset folder."""
 
     def __init__(self, cache_dir: str | Path, *, views=None, size: int | None = None, recipe: str | None = None,
                  pose: str | None = None):

@@ -69,10 +69,11 @@ def render_model_views(vertices, faces, cameras: Cameras, size, recipe: str = DE
     normal, mask = images[:, :, layout["normal"]], images[:, :, layout["mask"]]
     # Written channel by channel into one output, in place: each pass over a batch is a pass over memory.
     out = empty((*images.shape[:2], 3, *images.shape[3:]), device=images.device)
+    light = _per_view_light(light, images)  # checked whatever the recipe; only shading uses it
     if recipe == "normal":
         torch.add(normal, 1.0, out=out)
         return out.mul_(0.5).mul_(mask)
-    _shade(normal, mask[:, :, 0], _per_view_light(light, images), out=out[:, :, 0])
+    _shade(normal, mask[:, :, 0], light, out=out[:, :, 0])
     if recipe == "shading":
         out[:, :, 1:].copy_(out[:, :, :1].expand(-1, -1, 2, -1, -1))
         return out

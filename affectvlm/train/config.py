@@ -91,7 +91,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """The config stored in a checkpoint; one from before pose normalisation had none."""
-        return cls(**{"pose": "none", **data, "views": tuple(data["views"]), "loss_weights": tuple(data["loss_weights"])})
+        return cls(**{"pose": "none", **data, "views": tuple(data["views"]),
+                      "loss_weights": tuple(data["loss_weights"])})
 
 
 def _key_values(text: str | None, option: str) -> dict:
