@@ -20,7 +20,7 @@ from affectvlm.data.views import render_model_views
 from affectvlm.geometry.cameras import view_cameras
 from affectvlm.geometry.io import READABLE_FORMATS, load_mesh
 from affectvlm.geometry.mesh import DEFAULT_MAX_FACES, Mesh, MeshError
-from affectvlm.geometry.normalise import normalise
+from affectvlm.geometry.normalise import UNRECORDED_POSE, normalise
 
 FRAMES_PER_BATCH = 16
 # The demo model that ships with the package: the main job's checkpoint exported (README, "The demo model").
@@ -77,7 +77,7 @@ def predictor_of(stored, device: str | torch.device = "cpu") -> Predictor:
     data, source = info["data"], info["data"]["source"]
     return assemble_predictor(model, PromptBank.from_dict(info["prompts"]), info["classes"], source["views"],
                               int(source["size"]), source["recipe"], source["projection"],
-                              source.get("pose", "none"),  # models from before pose normalisation
+                              source.get("pose", UNRECORDED_POSE),
                               (data["mean"], data["std"]), device)
 
 

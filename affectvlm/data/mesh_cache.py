@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from affectvlm.data.datasets import Sample, index_dataset, load_sample
-from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES, UNRECORDED_POSE
 
 INDEX_FILE = "index.json"
 FORMAT = "affectvlm-mesh-cache-1"
@@ -145,7 +145,7 @@ class MeshCache:
             raise MeshCacheError(f"{index_path}: not a mesh cache index (format {FORMAT} expected)")
         try:
             data = Path(self.index["data"])
-            self.pose = self.index.get("pose", "none")  # caches from before pose normalisation
+            self.pose = self.index.get("pose", UNRECORDED_POSE)
             self.samples = [Sample(data / e["file"], e["subject"], e["emotion"], e["intensity"], e["sequence"],
                                    e["frame"], e["attributes"]) for e in self.index["samples"]]
             self._entries = np.array([[e["shard"], e["start"], e["count"], e["topology"]]

@@ -51,6 +51,7 @@ from affectvlm.data.memory import empty
 from affectvlm.data.sharding import EpochOrder
 from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter, check_recipe, jittered_cameras, render_model_views
 from affectvlm.geometry.cameras import DEFAULT_VIEWS
+from affectvlm.geometry.normalise import UNRECORDED_POSE
 
 # The CLIP image tower's normalisation (open_clip.constants.OPENAI_DATASET_MEAN / _STD).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,7 +95,7 @@ class CachedViews:
             settings, entries = index["settings"], index["samples"]
             self.recipe, self.image_size = settings["recipe"], settings["size"]
             self.view_names = tuple(settings["views"])
-            self.pose = settings.get("pose", "none")  # caches from before pose normalisation
+            self.pose = settings.get("pose", UNRECORDED_POSE)
             self.samples = [Sample(Path(e["file"]), e["subject"], e["emotion"], e["intensity"], e["sequence"],
                                    e["frame"]) for e in entries]
             locations = np.array([[e["shard"], e["row"]] for e in entries], dtype=np.int64).reshape(-1, 2)

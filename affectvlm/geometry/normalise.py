@@ -12,9 +12,9 @@ POSES = ("none", "template")  # how a face's pose is normalised (see `normalise`
 # The pose normalisation of the data pipeline and of new models unless asked otherwise. "template" makes a model
 # indifferent to head pose, but in single runs of the main job it trained to lower held-out accuracy than "none"
 # (benchmarks/RESULTS.md, "Pose normalisation"); until runs over seeds separate that from run-to-run variance,
-# the default stays as the shipped model was trained. Caches and checkpoints from before the choice existed say
-# nothing, which means "none".
+# the default stays as the shipped model was trained.
 DEFAULT_POSE = "none"
+UNRECORDED_POSE = "none"  # what caches and checkpoints from before the choice existed, which name none, had
 
 
 def normalise(mesh: Mesh, pose: str = DEFAULT_POSE) -> Mesh:

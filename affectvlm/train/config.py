@@ -6,7 +6,7 @@ import argparse
 import shlex
 from dataclasses import asdict, dataclass, field, fields
 
-from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
+from affectvlm.geometry.normalise import DEFAULT_POSE, POSES, UNRECORDED_POSE
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """The config stored in a checkpoint; one from before pose normalisation had none."""
-        return cls(**{"pose": "none", **data, "views": tuple(data["views"]),
+        return cls(**{"pose": UNRECORDED_POSE, **data, "views": tuple(data["views"]),
                       "loss_weights": tuple(data["loss_weights"])})
 
 
