@@ -12,6 +12,7 @@ same as `affectvlm predict --json` gives for the same file; the JSON download ha
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,11 +24,17 @@ import streamlit as st
 
 from affectvlm.app_inputs import (INTENSITIES, SYNTHETIC_EMOTIONS, UPLOAD_SUFFIXES, UploadError, UploadLimits,
                                   read_upload, synthetic_face, turned)
-from affectvlm.explain import Explanation, explain, heat_map
+from affectvlm.explain import DEFAULT_METHOD, METHODS, Explanation, explain, heat_map
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.predict import DEMO_CHECKPOINT, STAGES, Inspection, Predictor, inspect_meshes, load_predictor
 
 TOP_PROMPTS = 5
+EXPLANATION_LABELS = {"occlusion": "Occlusion: what the prediction needs",
+                      "gradient": "Gradient: where the score is most sensitive"}
+EXPLANATION_CAPTIONS = {
+    "occlusion": "brighter regions are those whose hiding lowers its probability most",
+    "gradient": "brighter regions are those where a change in the image moves its score most",
+}
 VIEW_DISPLAY_PIXELS = 224  # small model views are enlarged by whole pixels to about this size, never smoothed
 
 
@@ -45,11 +52,20 @@ def settings_from_command_line(argv: list[str]) -> AppSettings:
 
 @st.cache_resource(show_spinner="Loading the model")
 def cached_predictor(checkpoint: str) -> Predictor:
+    return served_predictor(checkpoint)
+
+
+def served_predictor(checkpoint: str) -> Predictor:
+    """The checkpoint's predictor, ready to serve uploads."""
     predictor = load_predictor(checkpoint)
     # One prediction and explanation now, so that the first upload does not pay for the class embeddings and the
     # first passes through the model.
     warm_up = inspect_meshes(predictor, "warm-up", [synthetic_face("neutral", 1, 0)])
-    explain(predictor, warm_up.meshes[0], 0)
+    for method in METHODS:
+        explain(predictor, warm_up.meshes[0], 0, method)
+    # torch, open_clip and the model are about half a million objects that live as long as the server. Each
+    # full garbage collection walked them all (about 0.3 s on 2 cores, twice per upload); frozen, it skips them.
+    gc.freeze()
     return predictor
 
 
@@ -62,7 +78,7 @@ class Controls:
     identity: int
     yaw: int
     pitch: int
-    explain: bool
+    explanation: str | None  # one of affectvlm.explain.METHODS, None: off
 
     @property
     def input_key(self) -> tuple:
@@ -118,8 +134,10 @@ def sidebar() -> Controls:
         yaw = st.slider("Turn the head left or right (degrees)", -45, 45, 0, key="yaw")
         pitch = st.slider("Tilt the head up or down (degrees)", -30, 30, 0, key="pitch")
         explain_on = st.toggle("Explain on the face", value=True, key="explain",
-                               help="Heat map of how much each part of the face moved the predicted class's score")
-    return Controls(source, upload, emotion, intensity, identity, yaw, pitch, explain_on)
+                               help="Heat map of how much each part of the face drove the predicted class")
+        method = st.radio("Explanation", METHODS, index=METHODS.index(DEFAULT_METHOD), key="explanation",
+                          format_func=EXPLANATION_LABELS.get, disabled=not explain_on)
+    return Controls(source, upload, emotion, intensity, identity, yaw, pitch, method if explain_on else None)
 
 
 def analysed(predictor: Predictor, controls: Controls, limits: UploadLimits) -> Inspection | None:
@@ -155,11 +173,11 @@ def _inspect(predictor: Predictor, controls: Controls, limits: UploadLimits) -> 
 
 
 def explained(predictor: Predictor, controls: Controls, mesh: Mesh, frame: int, class_name: str) -> Explanation:
-    key = (controls.input_key, frame, class_name)
-    memo = st.session_state.get("explanation")
+    key = (controls.input_key, frame, class_name, controls.explanation)
+    memo = st.session_state.get("explanation_memo")
     if memo is None or memo[0] != key:
-        memo = (key, explain(predictor, mesh, predictor.classes.index(class_name)))
-        st.session_state["explanation"] = memo
+        memo = (key, explain(predictor, mesh, predictor.classes.index(class_name), controls.explanation))
+        st.session_state["explanation_memo"] = memo
     return memo[1]
 
 
@@ -186,10 +204,11 @@ def show(predictor: Predictor, inspection: Inspection, controls: Controls) -> No
         st.bar_chart(table, x="emotion", y="probability", height=260)
         st.table(table.assign(probability=table.probability.map("{:.4f}".format)), hide_index=True)
     with left:
-        explanation = explained(predictor, controls, mesh, frame, class_name) if controls.explain else None
+        explanation = explained(predictor, controls, mesh, frame, class_name) if controls.explanation else None
         if explanation is not None:
-            st.caption(f"Explanation of '{explanation.class_name}': brighter regions moved its score more; "
-                       f"{explanation.on_face:.0%} of the gradient lies on the face. Drag to turn the face.")
+            st.caption(f"Explanation of '{explanation.class_name}' by {controls.explanation}: "
+                       f"{EXPLANATION_CAPTIONS[controls.explanation]}; {explanation.on_face:.0%} of the weight "
+                       "lies on the face. Drag to turn the face.")
         else:
             st.caption("Drag to turn the face.")
         st.plotly_chart(mesh_figure(mesh, explanation), key="mesh3d")

@@ -1,11 +1,19 @@
 """Explanations on the face: which parts of the mesh drove a prediction.
 
-The score of a class (its logit) is differentiated with respect to every pixel of every view the model saw
-(the views in [0, 1], before the CLIP normalisation, so the gradient flows through that normalisation and the
-whole image tower). The gradient's magnitude, summed over the three channels, says how much each pixel
-mattered. Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle
-covers the pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the
-triangle's three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
+Two methods give every pixel of every view the model saw (the views in [0, 1], before the CLIP normalisation)
+a weight:
+- occlusion (the default): each view is cut into OCCLUSION_SQUARES x OCCLUSION_SQUARES squares, and each square
+  in turn is hidden (set to the background, 0) in one view; a square weighs how much the class's
+  log-probability drops without it, and pixels between square centres are interpolated. It answers "which
+  regions does the prediction need", costs one pass through the image tower per square that shows some face
+  (batched), and is faithful: on the demo model, 83-88 % of a smile's map lies on the regions the smile moved,
+  which cover 53 % of the views;
+- gradient: the magnitude of the class logit's gradient with respect to each pixel, summed over the three
+  channels (through the CLIP normalisation and the whole image tower); one backward pass, but it measures local
+  sensitivity, which in a trained model spreads over the whole face (58-60 % of the same smile's map).
+Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle covers the
+pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the triangle's
+three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
 The result is a weight per vertex. To draw it (`heat_map`), the weights are spread over about one pixel's
 footprint on the surface: a fine mesh has more vertices than the views have pixels, and drawn raw, the vertices
 that no pixel centre fell near would speckle the map.
@@ -31,29 +39,90 @@ from affectvlm.predict import class_logits, encode_model_views
 class Explanation:
     class_name: str
     vertex_weights: np.ndarray  # (V,) float32 >= 0: the pixel weights carried onto the mesh's vertices
-    pixel_weights: torch.Tensor  # (K, H, W): |d score / d pixel| summed over the channels, every pixel
+    pixel_weights: torch.Tensor  # (K, H, W) >= 0, every pixel: its weight under the explanation's method
     on_face: float  # the fraction of the pixel weights that lies on pixels the mesh covers
     pixel_size: float  # the views' pixel size at the centre of the canonical frame (the mesh's units)
 
 
+METHODS = ("occlusion", "gradient")
+DEFAULT_METHOD = "occlusion"
+OCCLUSION_SQUARES = 7  # per side of a view: 16 px squares at 112 px
+OCCLUSION_BATCH = 64  # hidden squares per pass through the image tower
 HEAT_SATURATION = 0.99  # heat_map's colours run up to this quantile of the weights
 MAX_SPREAD_STEPS = 64
 
 
-def explain(predictor, mesh: Mesh, class_index: int) -> Explanation:
-    """The explanation of `class_index`'s logit for one mesh in the canonical frame (as in
-    `affectvlm.predict.Inspection.meshes`), rendered and encoded exactly as for the prediction."""
-    def class_score(images: torch.Tensor) -> torch.Tensor:
-        return class_logits(predictor, encode_model_views(predictor, images))[0, class_index]
+def explain(predictor, mesh: Mesh, class_index: int, method: str = DEFAULT_METHOD) -> Explanation:
+    """The explanation of class `class_index` for one mesh in the canonical frame (as in
+    `affectvlm.predict.Inspection.meshes`), rendered and encoded exactly as for the prediction; `method` is one
+    of METHODS."""
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+
+    def class_logit(images: torch.Tensor) -> torch.Tensor:
+        return class_logits(predictor, encode_model_views(predictor, images))[:, class_index]
+
+    def class_log_probability(images: torch.Tensor) -> torch.Tensor:
+        return class_logits(predictor, encode_model_views(predictor, images)).log_softmax(dim=-1)[:, class_index]
+
+    def pixel_weights_of(images: torch.Tensor) -> torch.Tensor:
+        if method == "gradient":
+            with torch.enable_grad():
+                return gradient_pixel_weights(images, lambda batch: class_logit(batch)[0])
+        with torch.no_grad():
+            return occlusion_pixel_weights(images, class_log_probability)
 
     cameras = view_cameras(predictor.views, projection=predictor.projection)
-    with torch.enable_grad():
-        vertex_weights, pixel_weights = explain_views(mesh.vertices, mesh.faces, cameras, predictor.image_size,
-                                                      predictor.recipe, class_score, predictor.device)
+    vertex_weights, pixel_weights = explain_views(mesh.vertices, mesh.faces, cameras, predictor.image_size,
+                                                  predictor.recipe, pixel_weights_of, predictor.device)
     total = float(pixel_weights.sum())
     on_face = float(vertex_weights.sum()) / total if total > 0 else 0.0
     return Explanation(predictor.classes[class_index], vertex_weights, pixel_weights, on_face,
                        pixel_size(cameras, predictor.image_size))
+
+
+def gradient_pixel_weights(images: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(K, H, W): |d score / d pixel| of one sample's views (1, K, 3, H, W), summed over the channels."""
+    images = images.detach().requires_grad_(True)
+    gradient, = torch.autograd.grad(score(images), images)
+    return gradient[0].abs().sum(dim=1)
+
+
+def occlusion_pixel_weights(images: torch.Tensor, scores: Callable[[torch.Tensor], torch.Tensor],
+                            squares: int = OCCLUSION_SQUARES) -> torch.Tensor:
+    """(K, H, W): for one sample's views (1, K, 3, H, W), how much `scores` (a batch of samples
+    (B, K, 3, H, W) -> (B,)) drops when each square of each view is hidden (set to 0, the background), a rise
+    counting as 0. The squares tile each view, `squares` per side; each square's drop is placed at its centre
+    and interpolated bilinearly between the centres, so the map has no square edges. Squares that are all
+    background already are not passed through `scores` (hiding them changes nothing)."""
+    drops = occlusion_drops(images, scores, squares)  # (K, squares, squares)
+    height, width = images.shape[-2:]
+    return torch.nn.functional.interpolate(drops[None], size=(height, width), mode="bilinear",
+                                           align_corners=False)[0]
+
+
+def occlusion_drops(images: torch.Tensor, scores: Callable[[torch.Tensor], torch.Tensor],
+                    squares: int) -> torch.Tensor:
+    """(K, squares, squares): the drop of `scores` when each square of each view is hidden, at least 0."""
+    _, views, _, height, width = images.shape
+    rows = np.linspace(0, height, squares + 1).round().astype(int)
+    columns = np.linspace(0, width, squares + 1).round().astype(int)
+    every_square = [(view, i, j) for view in range(views) for i in range(squares) for j in range(squares)]
+
+    def pixels(view, i, j):
+        return 0, view, slice(None), slice(*rows[i:i + 2]), slice(*columns[j:j + 2])
+
+    hidden = [square for square in every_square if images[pixels(*square)].any()]
+    unhidden = scores(images)
+    drops = torch.zeros(views, squares, squares, device=images.device)
+    for start in range(0, len(hidden), OCCLUSION_BATCH):
+        chunk = hidden[start:start + OCCLUSION_BATCH]
+        batch = images.repeat(len(chunk), 1, 1, 1, 1)
+        for sample, square in enumerate(chunk):
+            batch[(sample, *pixels(*square)[1:])] = 0
+        for square, drop in zip(chunk, (unhidden - scores(batch)).clamp(min=0)):
+            drops[square] = drop
+    return drops
 
 
 def pixel_size(cameras: Cameras, size: int) -> float:
@@ -82,14 +151,13 @@ def heat_map(explanation: Explanation, mesh: Mesh) -> np.ndarray:
 
 
 def explain_views(vertices, faces, cameras: Cameras, size: int, recipe: str,
-                  score: Callable[[torch.Tensor], torch.Tensor], device="cpu") -> tuple[np.ndarray, torch.Tensor]:
-    """(vertex weights (V,), pixel weights (K, H, W)) of a scalar `score` of one mesh's model views
-    (1, K, 3, H, W), rendered with `render_model_views` (the function predict and training use)."""
+                  pixel_weights_of: Callable[[torch.Tensor], torch.Tensor],
+                  device="cpu") -> tuple[np.ndarray, torch.Tensor]:
+    """(vertex weights (V,), pixel weights (K, H, W)) of one mesh: its model views (1, K, 3, H, W), rendered
+    with `render_model_views` (the function predict and training use), weighed by `pixel_weights_of`."""
     vertices = torch.as_tensor(vertices, dtype=torch.float32, device=device)
     faces = torch.as_tensor(faces, dtype=torch.int32, device=device)
-    images = render_model_views(vertices[None], faces, cameras, size, recipe).requires_grad_(True)
-    gradient, = torch.autograd.grad(score(images), images)
-    pixel_weights = gradient[0].abs().sum(dim=1)
+    pixel_weights = pixel_weights_of(render_model_views(vertices[None], faces, cameras, size, recipe))
     fragments = mesh_fragments(vertices, faces, cameras, size)
     return carry_to_vertices(pixel_weights, fragments, faces, len(vertices)).numpy(), pixel_weights.cpu()
 

@@ -6,6 +6,7 @@ The prediction shown must be predict's own on the same file; a tiny checkpoint t
 """
 
 import io
+import json
 import struct
 import zipfile
 
@@ -173,10 +174,19 @@ def test_the_synthetic_face_re_predicts_and_turning_it_keeps_the_prediction(app_
     assert_shows_prediction(app, inspect_meshes(predictor, "anger", [mesh]).prediction)
 
 
+def heat_of(app) -> list[float]:
+    """The vertex colours of the 3D view's heat map."""
+    return json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]["intensity"]
+
+
 def test_the_explanation_toggle_puts_a_heat_map_on_the_3d_view(app_checkpoint, mesh_files):
     app = upload(started(app_checkpoint), "smile.ply", (mesh_files / "smile.ply").read_bytes())
-    assert '"intensity"' in app.get("plotly_chart")[0].proto.spec
-    assert any(caption.value.startswith("Explanation of ") for caption in app.caption)
+    occlusion = heat_of(app)
+    assert any(caption.value.startswith("Explanation of ") and " by occlusion: " in caption.value
+               for caption in app.caption)
+    app.radio(key="explanation").set_value("gradient").run()
+    assert not app.exception and heat_of(app) != occlusion
+    assert any(" by gradient: " in caption.value for caption in app.caption)
     app.toggle(key="explain").set_value(False).run()
     assert not app.exception and '"intensity"' not in app.get("plotly_chart")[0].proto.spec
     assert not any(caption.value.startswith("Explanation of ") for caption in app.caption)
