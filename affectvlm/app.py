@@ -65,6 +65,7 @@ def served_predictor(checkpoint: str) -> Predictor:
         explain(predictor, warm_up.meshes[0], 0, method)
     # torch, open_clip and the model are about half a million objects that live as long as the server. Each
     # full garbage collection walked them all (about 0.3 s on 2 cores, twice per upload); frozen, it skips them.
+    gc.collect()  # what is garbage now is not frozen with them
     gc.freeze()
     return predictor
 

@@ -109,17 +109,17 @@ def occlusion_drops(images: torch.Tensor, scores: Callable[[torch.Tensor], torch
     columns = np.linspace(0, width, squares + 1).round().astype(int)
     every_square = [(view, i, j) for view in range(views) for i in range(squares) for j in range(squares)]
 
-    def pixels(view, i, j):
-        return 0, view, slice(None), slice(*rows[i:i + 2]), slice(*columns[j:j + 2])
+    def pixels(view, i, j):  # of a sample's views (K, 3, H, W)
+        return view, slice(None), slice(*rows[i:i + 2]), slice(*columns[j:j + 2])
 
-    hidden = [square for square in every_square if images[pixels(*square)].any()]
+    hidden = [square for square in every_square if images[0][pixels(*square)].any()]
     unhidden = scores(images)
     drops = torch.zeros(views, squares, squares, device=images.device)
     for start in range(0, len(hidden), OCCLUSION_BATCH):
         chunk = hidden[start:start + OCCLUSION_BATCH]
         batch = images.repeat(len(chunk), 1, 1, 1, 1)
         for sample, square in enumerate(chunk):
-            batch[(sample, *pixels(*square)[1:])] = 0
+            batch[sample][pixels(*square)] = 0
         for square, drop in zip(chunk, (unhidden - scores(batch)).clamp(min=0)):
             drops[square] = drop
     return drops
