@@ -13,20 +13,16 @@ the same run:
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from affectvlm.predict import DEMO_CHECKPOINT
+from tests.streamlit_server import CHROMIUM, ROOT, StreamlitServer
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 BARE_PAGE = '''
 import streamlit as st
@@ -118,41 +114,12 @@ def _timed(function) -> float:
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """A Streamlit server in its own process group: `affectvlm app` with a model, or `streamlit run` of the bare
-    page."""
-
-    def __init__(self, which: str, files):
-        self.port = free_port()
-        address = ["--server.address", "127.0.0.1"]
-        command = ([sys.executable, "-m", "affectvlm", "app", "--checkpoint", str(checkpoint_of(which, files)),
-                    "--port", str(self.port), "--address", "127.0.0.1"] if which in MODELS else
-                   [sys.executable, "-m", "streamlit", "run", str(files[2]), "--server.port", str(self.port),
-                    *address, "--server.headless", "true", "--browser.gatherUsageStats", "false"])
-        self.process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_until_healthy(self, seconds=120):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.url} did not answer in {seconds} s")
-
-    def stop(self):
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
+def start_server(which: str, files) -> StreamlitServer:
+    """`affectvlm app` with a model, or `streamlit run` of the bare page."""
+    log = files[2].with_name(f"{which}.log")  # beside the bare page
+    if which in MODELS:
+        return StreamlitServer.app(log, checkpoint_of(which, files))
+    return StreamlitServer.page(files[2], log)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +135,7 @@ def browser():
 def first_page(browser, which, files) -> float:
     page = browser.new_page()
     started = time.perf_counter()
-    server = Server(which, files)
+    server = start_server(which, files)
     try:
         server.wait_until_healthy()
         page.goto(server.url)
@@ -214,7 +181,7 @@ def test_upload_to_shown_prediction(benchmark, browser, files, which):
                  for result in predict(predictor, faces)]
     else:
         shown = [f"{face.name}|{face.stat().st_size}" for face in faces]
-    server = Server(which, files)
+    server = start_server(which, files)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         server.wait_until_healthy()

@@ -9,61 +9,27 @@ temporary folder.
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit_server import CHROMIUM, ROOT, StreamlitServer
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 120_000
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app as `affectvlm app` starts it, and the seconds until its first page was served."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("app-server") / "server.log"
     started = time.monotonic()
-    with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "affectvlm", "app", "--port", str(port), "--address",
-                                    "127.0.0.1"], cwd=ROOT, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, process, log)
-        yield url, started
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-        process.wait(timeout=30)
-
-
-def wait_for_health(url, process, log, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the app exited: {log.read_text()}"
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the app did not answer in {seconds} s: {log.read_text()}")
+    with StreamlitServer.app(tmp_path_factory.mktemp("app-server") / "server.log") as app:
+        app.wait_until_healthy()
+        yield app.url, started
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +60,8 @@ def face_file(tmp_path_factory):
 
 def cli_prediction(path) -> dict:
     """`affectvlm predict FILE --json`: the demo model's prediction, as the app gives it."""
-    result = subprocess.run([sys.executable, "-m", "affectvlm", "predict", str(path), "--json", "--top-prompts", "5"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+    command = [sys.executable, "-m", "affectvlm", "predict", str(path), "--json", "--top-prompts", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)
