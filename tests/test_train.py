@@ -186,8 +186,8 @@ def test_short_training_beats_chance_on_held_out_subjects(trained):
     assert (out / "best.safetensors").is_file() and (out / "curves.png").stat().st_size > 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if r["kind"] == "step")
-    assert {"loss", "contrastive", "triplet", "image_text", "lr", "logit_scale", "margin", "samples_per_s",
-            "data_wait"} <= step.keys()
+    assert {"loss", "contrastive", "triplet", "image_text", "lr", "grad_norm", "logit_scale", "margin",
+            "samples_per_s", "data_wait"} <= step.keys()
     final = [r for r in records if r["kind"] == "eval"][-1]
     levels = final["by_intensity"]
     assert sum(samples for _, samples in levels.values()) == final["samples"]

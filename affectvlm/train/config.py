@@ -40,6 +40,7 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 20  # optimizer steps of linear warm-up before the cosine decay
     weight_decay: float = 0.1
+    clip_grad: float = 0.0  # largest global gradient norm per optimizer step; 0: no clipping
     accumulate: int = 1  # batches per optimizer step
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # multiview contrastive, triplet, image-text
     seed: int = 0
@@ -173,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", type=float, default=d.lr)
     optim.add_argument("--warmup", type=int, default=d.warmup, help="warm-up optimizer steps")
     optim.add_argument("--weight-decay", type=_non_negative, default=d.weight_decay)
+    optim.add_argument("--clip-grad", type=_non_negative, default=d.clip_grad,
+                       help="clip the global gradient norm to this before each optimizer step (0: no clipping)")
     optim.add_argument("--accumulate", type=_positive, default=d.accumulate, help="batches per optimizer step")
     optim.add_argument("--loss-weights", type=_non_negative, nargs=3, default=list(d.loss_weights),
                        metavar=("CONTRASTIVE", "TRIPLET", "IMAGE_TEXT"), help="weights of the three loss terms")

@@ -114,9 +114,16 @@ class Schedule:
     lr: float
     warmup: int
     accumulate: int
+    clip_grad: float  # largest global gradient norm; 0: no clipping
     seed: int
     checkpoint_every: int  # optimizer steps; 0: at each epoch's end only
     log_every: int
+
+
+def clip_gradients(parameters, max_norm: float) -> float:
+    """Scale the gradients down so that their global norm is at most `max_norm` (0: leave them as they are);
+    returns their norm before."""
+    return nn.utils.clip_grad_norm_(parameters, max_norm or math.inf).item()
 
 
 def draw_prompts(bank, samples, sample_ids: torch.Tensor, seed: int, step: int) -> list[str]:
@@ -232,6 +239,7 @@ def train(module: nn.Module, train_module: TrainModule, optimizer: torch.optim.O
             lr = learning_rate(schedule.lr, state.global_step, schedule.warmup, schedule.total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            grad_norm = clip_gradients(train_module.parameters(), schedule.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
@@ -239,6 +247,7 @@ def train(module: nn.Module, train_module: TrainModule, optimizer: torch.optim.O
             elapsed = time.perf_counter() - step_started
             if state.global_step % schedule.log_every == 0:
                 record = {"kind": "step", "epoch": epoch, "step": state.global_step, **sums.means(), "lr": lr,
+                          "grad_norm": grad_norm,
                           "logit_scale": train_module.loss.scale.item(), "margin": train_module.loss.margin.item(),
                           "samples_per_s": sums.samples / elapsed, "data_wait": waited / elapsed}
                 log.write(record)

@@ -118,8 +118,8 @@ def train_and_evaluate(config: TrainConfig, runtime: Runtime) -> float | None:
 
     steps_per_epoch = -(-train_pipeline.steps_per_epoch // config.accumulate)
     total_steps = min(config.max_steps or sys.maxsize, config.epochs * steps_per_epoch)
-    schedule = Schedule(config.epochs, total_steps, config.lr, config.warmup, config.accumulate, config.seed,
-                        config.checkpoint_every, config.log_every)
+    schedule = Schedule(config.epochs, total_steps, config.lr, config.warmup, config.accumulate, config.clip_grad,
+                        config.seed, config.checkpoint_every, config.log_every)
     static_info = {"model": model.config_dict(), "classes": list(classes), "prompts": bank.as_dict(),
                    "data": data_settings(train_pipeline, subjects),
                    "world_size": runtime.world_size, "config": config.as_dict(),
