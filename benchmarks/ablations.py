@@ -24,6 +24,7 @@ from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.views import DEFAULT_RECIPE, IMAGE_RECIPES
 from affectvlm.geometry.normalise import DEFAULT_POSE, POSES
 from affectvlm.model.prompts import PromptBank
+from affectvlm.train.config import TrainConfig
 from affectvlm.train.loop import accuracy_over_levels
 
 ONE_TEMPLATE = "one-template-prompts.json"
@@ -96,7 +97,7 @@ def run_variant(out: Path, options: list[str], train: bool = True) -> dict | Non
     unfinished variant when `train` is false."""
     # The defaults a variant leaves implicit are part of its name: a run made before a default changed is not
     # taken for the new default's.
-    implicit = {"recipe": DEFAULT_RECIPE, "pose": DEFAULT_POSE}
+    implicit = {"recipe": DEFAULT_RECIPE, "pose": DEFAULT_POSE, "lr": TrainConfig().lr}
     folder = out / ("run-" + hashlib.sha256(json.dumps([options, implicit]).encode()).hexdigest()[:10])
     result_file = folder / "result.json"
     if not result_file.is_file() and not train:

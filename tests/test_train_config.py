@@ -29,7 +29,7 @@ def random_config(rng: random.Random) -> TrainConfig:
         "folds": [5, 3], "fold": [0, 1], "model": ["affect-tiny", "cfg.json"], "pretrained": [None, "w.pt"],
         "view_fusion": ["mean", "attention"], "prompts": [None, "p.json"], "prompt_bank": [None, "b.json"],
         "batch_size": [32, rng.randint(1, 64)], "epochs": [12, rng.randint(1, 40)], "max_steps": [None, 7],
-        "lr": [3e-3, rng.uniform(1e-5, 1e-2)], "warmup": [20, 0], "weight_decay": [0.1, rng.uniform(0, 1)],
+        "lr": [1e-3, rng.uniform(1e-5, 1e-2)], "warmup": [20, 0], "weight_decay": [0.1, rng.uniform(0, 1)],
         "clip_grad": [0.0, rng.uniform(0.1, 10)],
         "accumulate": [1, 3], "loss_weights": [(1.0, 1.0, 1.0), (0.0, 0.0, 1.0), (rng.random(), 0.5, 2.0)],
         "seed": [0, rng.randint(-5, 10 ** 6)], "out": ["runs/affectvlm", "runs/x y"], "resume": [None, "auto"],
