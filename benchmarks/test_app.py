@@ -12,7 +12,6 @@ the same run:
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from affectvlm.predict import DEMO_CHECKPOINT
-from tests.streamlit_server import CHROMIUM, ROOT, StreamlitServer
+from tests.streamlit_server import CHECKOUT_ENV, ROOT, StreamlitServer, launch_chromium, needs_chromium
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 BARE_PAGE = '''
 import streamlit as st
 upload = st.file_uploader("file")
@@ -44,7 +42,7 @@ def files(tmp_path_factory):
     generate_dataset(root / "faces", 2, seed=0, file_format="ply")
     subprocess.run([sys.executable, "-m", "affectvlm.train", str(root / "faces"), "--model", "affect-tiny",
                     "--out", str(root / "run"), "--max-steps", "1", "--epochs", "1", "--batch-size", "8",
-                    "--folds", "2", "--device", "cpu", "--no-progress"], check=True, cwd=ROOT, env=ENV,
+                    "--folds", "2", "--device", "cpu", "--no-progress"], check=True, cwd=ROOT, env=CHECKOUT_ENV,
                    capture_output=True)
     faces = []
     for emotion in ("happiness", "surprise"):
@@ -111,9 +109,6 @@ def _timed(function) -> float:
 
 # In the browser ----------------------------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-
-
 def start_server(which: str, files) -> StreamlitServer:
     """`affectvlm app` with a model, or `streamlit run` of the bare page."""
     log = files[2].with_name(f"{which}.log")  # beside the bare page
@@ -127,7 +122,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        browser = launch_chromium(playwright)
         yield browser
         browser.close()
 

@@ -1,5 +1,6 @@
-"""A real Streamlit server for the browser tests and the app's benchmark: `affectvlm app` (or `streamlit run` of a
-page) on a free port of 127.0.0.1, in its own process group so that stopping it stops its children too."""
+"""A real Streamlit server and a real browser for the browser tests and the app's benchmark: `affectvlm app` (or
+`streamlit run` of a page) on a free port of 127.0.0.1, in its own process group so that stopping it stops its
+children too, and headless Chromium (Debian's package) driven by Playwright."""
 
 import os
 import signal
@@ -10,9 +11,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESS = "127.0.0.1"
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, which Playwright drives
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # subprocesses import this checkout's package
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def launch_chromium(playwright):
+    """Headless Chromium, from Playwright's sync API."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
 
 
 def free_port() -> int:
@@ -31,7 +42,7 @@ class StreamlitServer:
         with open(log, "w") as output:
             self.process = subprocess.Popen([sys.executable, "-m", *arguments], cwd=ROOT, stdout=output,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                            env=CHECKOUT_ENV)
 
     @classmethod
     def app(cls, log: Path, checkpoint: Path | None = None) -> "StreamlitServer":

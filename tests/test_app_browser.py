@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit_server import CHROMIUM, ROOT, StreamlitServer
+from streamlit_server import CHECKOUT_ENV, ROOT, StreamlitServer, launch_chromium, needs_chromium
 
 WAIT_MS = 120_000
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def page(server):
 
     url, started = server
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(WAIT_MS)
         page.goto(url)
@@ -62,7 +62,7 @@ def cli_prediction(path) -> dict:
     """`affectvlm predict FILE --json`: the demo model's prediction, as the app gives it."""
     command = [sys.executable, "-m", "affectvlm", "predict", str(path), "--json", "--top-prompts", "5"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=CHECKOUT_ENV)
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)
     assert len(predictions) == 1
