@@ -97,7 +97,9 @@ def run_variant(out: Path, options: list[str], train: bool = True) -> dict | Non
     unfinished variant when `train` is false."""
     # The defaults a variant leaves implicit are part of its name: a run made before a default changed is not
     # taken for the new default's.
-    implicit = {"recipe": DEFAULT_RECIPE, "pose": DEFAULT_POSE, "lr": TrainConfig().lr}
+    defaults = TrainConfig()
+    implicit = {"recipe": DEFAULT_RECIPE, "pose": DEFAULT_POSE, "lr": defaults.lr,
+                "subjects": defaults.synthetic_subjects, "epochs": defaults.epochs}
     folder = out / ("run-" + hashlib.sha256(json.dumps([options, implicit]).encode()).hexdigest()[:10])
     result_file = folder / "result.json"
     if not result_file.is_file() and not train:

@@ -14,7 +14,9 @@ class TrainConfig:
     # data
     data: str | None = None  # a dataset folder, a render cache or a mesh cache; None: the built-in synthetic data
     cache_dir: str | None = None  # where generated data and caches go (default: <out>/cache)
-    synthetic_subjects: int = 60
+    # More generated people, fewer passes over each, for the same steps: the main job overfits the people it
+    # trains on (benchmarks/RESULTS.md, "How many generated people").
+    synthetic_subjects: int = 200
     views: tuple[str, ...] = ("frontal", "left", "right")
     image_size: int | None = None  # None: the model's
     recipe: str | None = None  # None: affectvlm.data.views.DEFAULT_RECIPE
@@ -35,7 +37,7 @@ class TrainConfig:
     prompt_bank: str | None = None  # a JSON file whose sections replace the default bank's (before --prompts)
     # optimisation
     batch_size: int = 32  # per process
-    epochs: int = 12
+    epochs: int = 4
     max_steps: int | None = None  # optimizer steps; stops early when reached
     lr: float = 1e-3  # 3e-3 learnt faster in some runs and failed in others (RESULTS.md, run-to-run variance)
     warmup: int = 20  # optimizer steps of linear warm-up before the cosine decay
