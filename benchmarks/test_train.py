@@ -1,7 +1,10 @@
 """Training throughput (samples/s) of the same small model (affect-tiny, 112 px, 3 views) in one run:
 
-- `affectvlm`: this package's trainer step: ViewPipeline over a render cache (with its default augmentation),
-  TrainModule (fused multiview contrastive + triplet + image-text loss over gathered embeddings), AdamW;
+- `affectvlm`: this package's trainer step as the main job runs it: ViewPipeline over a render cache (no
+  augmentation, the trainer's default), TrainModule (fused multiview contrastive + triplet + image-text loss over
+  gathered embeddings), AdamW;
+- `affectvlm+augmentation`: the same with mixed view augmentation at its default strengths (`--augment`, torch
+  backend): what the augmentation adds;
 - `open_clip`: a plain open_clip loop: a torch DataLoader over the same cache, the three views through the
   same image tower and averaged, open_clip.loss.ClipLoss against one drawn prompt per sample, AdamW.
 
@@ -21,7 +24,7 @@ from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.synthetic import generate_dataset
 
 MODEL = "affect-tiny"
-BATCH, STEPS, ROUNDS = 16, 4, 3
+BATCH, STEPS, ROUNDS = 16, 4, 5
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +45,17 @@ def fresh_model():
     return build_model(MODEL, classes=EMOTIONS)
 
 
-def affectvlm_trainer(cache: Path):
+def affectvlm_trainer(cache: Path, augment: bool):
+    from affectvlm.data.augment import AugmentSettings
     from affectvlm.data.pipeline import CachedViews, ViewPipeline
     from affectvlm.model.prompts import PromptBank
     from affectvlm.ops import AffectLoss
     from affectvlm.train.loop import TrainModule, draw_prompts, parameter_groups
 
     model, bank = fresh_model(), PromptBank.default()
+    settings = AugmentSettings() if augment else AugmentSettings.off()
     pipeline = ViewPipeline(CachedViews(cache), BATCH, seed=0, backend="torch", mean=model.normalisation.mean,
-                            std=model.normalisation.std)
+                            std=model.normalisation.std, augment=settings)
     module = TrainModule(model, AffectLoss(len(EMOTIONS)))
     optimizer = torch.optim.AdamW(parameter_groups(module, 0.1), lr=1e-4)
     batches = itertools.chain.from_iterable(pipeline.epoch(epoch) for epoch in itertools.count())
@@ -116,10 +121,15 @@ def open_clip_trainer(cache: Path):
     return steps
 
 
-@pytest.mark.parametrize("trainer", ["affectvlm", "open_clip"])
+TRAINERS = {"affectvlm": lambda cache: affectvlm_trainer(cache, augment=False),
+            "affectvlm+augmentation": lambda cache: affectvlm_trainer(cache, augment=True),
+            "open_clip": open_clip_trainer}
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
 def test_training_throughput(benchmark, cache, trainer):
     benchmark.group = f"train-{MODEL}-batch{BATCH}-3views"
-    steps = {"affectvlm": affectvlm_trainer, "open_clip": open_clip_trainer}[trainer](cache)
+    steps = TRAINERS[trainer](cache)
     steps()  # warm-up: first-call allocations
     benchmark.pedantic(steps, rounds=ROUNDS, iterations=1)
     benchmark.extra_info["samples_per_s"] = BATCH * STEPS / benchmark.stats.stats.mean
