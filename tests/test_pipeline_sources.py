@@ -38,6 +38,19 @@ def test_online_views_without_jitter_equal_the_cache(view_cache, mesh_cache):
     assert torch.equal(zero.views(ids, epoch=5, seed=1).half(), cached.views(ids, dtype=torch.float16))
 
 
+@pytest.mark.cuda
+def test_online_views_on_the_gpu_equal_the_cache_and_the_cpu_views(view_cache, mesh_cache):
+    cached = CachedViews(view_cache)
+    ids = np.array([0, 9, 23, 41, 42])
+    on_gpu = OnlineViews(mesh_cache, size=32, jitter=CameraJitter.none(), device="cuda").views(ids, epoch=5, seed=1)
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), cached.views(ids), rtol=0, atol=1e-3)  # the cache holds float16
+    jitter = CameraJitter(yaw=15, pitch=10, roll=8, distance=0.2, light=40)
+    gpu, cpu = (OnlineViews(mesh_cache, size=32, jitter=jitter, device=device).views(ids, epoch=2, seed=5)
+                for device in ("cuda", "cpu"))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)
+
+
 def test_online_views_render_the_jittered_cameras_and_light_of_each_sample(mesh_cache):
     jitter = CameraJitter(yaw=15, pitch=10, roll=8, distance=0.2, light=40)
     online = OnlineViews(mesh_cache, views="frontal,up", size=32, recipe="shading", jitter=jitter, device="cpu")
