@@ -87,6 +87,7 @@ def test_torchvision_v2_per_view(benchmark, views):
 
 
 @needs_gpu
+@pytest.mark.cuda
 def test_torch_cuda(benchmark, views):
     on_gpu = views.cuda()
     augmenter = TorchAugmenter(MEAN, STD)
@@ -94,6 +95,7 @@ def test_torch_cuda(benchmark, views):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @needs_dali
 def test_dali_cuda(benchmark, views):
     on_gpu = views.cuda()

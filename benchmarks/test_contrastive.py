@@ -213,6 +213,7 @@ def run_gpu(benchmark, step_name, n, m, dim, paired):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("n", GPU_SIZES)
 @pytest.mark.parametrize("step_name", ["affectvlm", "reference"])
 def test_cuda_loss(benchmark, step_name, n):
@@ -221,6 +222,7 @@ def test_cuda_loss(benchmark, step_name, n):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("n", GPU_SIZES)
 @pytest.mark.parametrize("step_name", ["affectvlm_infonce", "reference_infonce", "clip_loss", "inf_cl"])
 def test_cuda_infonce(benchmark, step_name, n):

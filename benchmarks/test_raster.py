@@ -89,6 +89,7 @@ def cuda_render(function):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases())
 def test_affectvlm_cuda_depth(benchmark, size, triangles, meshes):
     vertices, faces = batch_of(triangles, meshes, "cuda")
@@ -97,6 +98,7 @@ def test_affectvlm_cuda_depth(benchmark, size, triangles, meshes):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases())
 def test_affectvlm_cuda_all_channels(benchmark, size, triangles, meshes):
     vertices, faces = batch_of(triangles, meshes, "cuda")
@@ -105,6 +107,7 @@ def test_affectvlm_cuda_all_channels(benchmark, size, triangles, meshes):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases(batches=(1,), sizes=(112,), triangles=("5k",)))
 def test_reference_cuda_depth(benchmark, size, triangles, meshes):
     vertices, faces = batch_of(triangles, meshes, "cuda")
@@ -114,6 +117,7 @@ def test_reference_cuda_depth(benchmark, size, triangles, meshes):
 
 
 @needs_gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases(batches=(1, 64, 512)))
 def test_peer_nvdiffrast_triangle_ids(benchmark, size, triangles, meshes):
     dr = pytest.importorskip("nvdiffrast.torch")
