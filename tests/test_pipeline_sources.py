@@ -1,10 +1,12 @@
-"""The two view sources: the render cache as rendered, online views equal to it at zero jitter, 4D labels."""
+"""The two view sources: the render cache as rendered, online views equal to it at zero jitter, augmented online
+views drawn by the renderer (mirrored faces, rotations and crops, mixed views), 4D labels."""
 
 import numpy as np
 import pytest
 import torch
 
 from affectvlm.data import index_dataset, load_sample
+from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augmentation
 from affectvlm.data.mesh_cache import build_mesh_cache
 from affectvlm.data.pipeline import CachedViews, OnlineViews, ViewPipeline, open_views
 from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter, jittered_cameras, render_model_views
@@ -70,6 +72,51 @@ def test_online_views_render_the_jittered_cameras_and_light_of_each_sample(mesh_
     assert views.min() >= 0 and views.max() <= 1
 
 
+# Augmented online views: the renderer draws the plan's view sources, flips, rotations and crops.
+GEOMETRY_OFF = dict(flip=0.0, rotation=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0.0,
+                    contrast=0.0, mix=0.0)
+
+
+def plan_for(online, ids, seed=0, labels=None, **settings):
+    labels = np.zeros(len(ids), dtype=np.int64) if labels is None else labels
+    return plan_augmentation(AugmentSettings(**{**GEOMETRY_OFF, **settings}), seed, 0, ids, labels,
+                             np.full(len(ids), 3), np.ones(len(ids), dtype=bool), online.view_names)
+
+
+def test_a_flipped_sample_is_drawn_as_the_views_of_the_mirrored_face(mesh_cache):
+    online = OnlineViews(mesh_cache, size=32, jitter=CameraJitter.none(), device="cpu")
+    ids = np.array([3, 17, 40])
+    views = online.views(ids, augment=False, plan=plan_for(online, ids, flip=1.0))
+    for position, i in enumerate(ids):
+        vertices, faces = online.meshes.load(i)
+        mirrored = vertices * np.array([-1, 1, 1], dtype=vertices.dtype)  # x -> -x, and the winding reversed
+        expected = render_model_views(torch.from_numpy(mirrored), torch.from_numpy(faces[:, ::-1].copy()),
+                                      view_cameras(online.view_names), 32)[0]
+        torch.testing.assert_close(views[position], expected, rtol=0, atol=1e-6)  # normals mirrored too
+
+
+def test_rotations_and_crops_are_drawn_where_warping_the_plain_views_puts_them(mesh_cache):
+    online = OnlineViews(mesh_cache, size=64, jitter=CameraJitter.none(), device="cpu")
+    ids = np.arange(8)
+    plan = plan_for(online, ids, seed=4, rotation=20.0, crop_scale=(0.6, 0.8), crop_ratio=(0.8, 1.25))
+    drawn = online.views(ids, augment=False, plan=plan)
+    warped = TorchAugmenter((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(online.views(ids, augment=False), plan)
+    difference = (drawn - warped).abs()
+    # They differ only where the warp interpolates across an edge (a wrong turn of the rotation gives ~0.12).
+    assert difference.median() < 1e-3 and difference.mean() < 0.03
+
+
+def test_mixed_views_are_drawn_from_the_donors_meshes_and_cameras(mesh_cache):
+    online = OnlineViews(mesh_cache, size=24, device="cpu")
+    ids = np.array([5, 9, 20, 33, 41, 47])
+    plan = plan_for(online, ids, seed=2, labels=np.array([0, 0, 0, 1, 1, 1]), mix=1.0)
+    assert plan.mixed.all()
+    drawn = online.views(ids, epoch=2, seed=7, plan=plan)
+    plain = online.views(ids, epoch=2, seed=7)  # with each sample's own camera jitter
+    rows, views = (torch.from_numpy(plan.source[..., i]) for i in range(2))
+    assert torch.equal(drawn, plain[rows, views])
+
+
 def test_open_views_picks_the_source_from_the_folder(view_cache, mesh_cache):
     assert isinstance(open_views(view_cache), CachedViews)
     online = open_views(mesh_cache, views="frontal", size=24, device="cpu")
@@ -113,3 +160,7 @@ def test_a_batch_of_several_topologies_renders_each_mesh_as_alone(static_dataset
     together = online.views([2, 1, 0], epoch=1, seed=2)
     for position, i in enumerate([2, 1, 0]):
         assert torch.equal(together[position], online.views([i], epoch=1, seed=2)[0])
+    plan = plan_for(online, np.array([2, 1, 0]), mix=1.0)  # views drawn from meshes of other topologies
+    assert plan.mixed.any()
+    rows, views = (torch.from_numpy(plan.source[..., i]) for i in range(2))
+    assert torch.equal(online.views([2, 1, 0], epoch=1, seed=2, plan=plan), together[rows, views])

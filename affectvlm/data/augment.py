@@ -4,7 +4,9 @@ Augmenting a batch is two steps. `plan_augmentation` decides everything (pure nu
 sample is mirrored, each view's affine (rotation and random resized crop), brightness and contrast, and which
 batch row and view each output view is taken from. An augmenter then applies the plan to the pixels and
 normalises for the CLIP image tower: `TorchAugmenter` (grid_sample, CPU or CUDA) or `DaliAugmenter` (an NVIDIA
-DALI pipeline, CPU or GPU). Both read the same plan, so the labels and sample ids that go with a batch do not
+DALI pipeline, CPU or GPU). Where the views are rendered per batch, the renderer draws the plan's sources,
+flips and geometry instead (`affectvlm.data.views.augmented_cameras`) and the augmenter applies
+`plan.colour_only()`. Both read the same plan, so the labels and sample ids that go with a batch do not
 depend on the backend, and the pixels agree to interpolation rounding.
 
 Semantics:
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -119,6 +121,14 @@ class AugmentPlan:
 
     def is_identity(self) -> bool:
         return self.keeps_sources() and self.keeps_geometry() and self.keeps_colour()
+
+    def colour_only(self) -> AugmentPlan:
+        """This plan with its view sources, flips and geometry taken as done (by a renderer that drew each
+        output view directly): what is left for an augmenter is the colour and the normalisation."""
+        rows, views = np.indices(self.shape)
+        return replace(self, source=np.stack([rows, views], axis=-1).astype(np.int64),
+                       affine=np.broadcast_to(_IDENTITY, self.affine.shape).copy(),
+                       flipped=np.zeros_like(self.flipped))
 
 
 _IDENTITY = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)

@@ -8,7 +8,10 @@ Two sources give the views of a batch, (B, K, 3, H, W) in [0, 1], behind one int
   sees new views of every face; on a GPU the views never leave it.
 `ViewPipeline` turns either into `Batch`es: the DDP shard and order of each epoch (`EpochOrder`), the mixed view
 augmentation (`affectvlm.data.augment`: planned in numpy, applied by NVIDIA DALI or by torch), normalisation,
-and the labels. Every random choice is a pure function of (seed, epoch, sample, view), so `epoch(e, start_step)`
+and the labels. For online views the renderer draws the plan's geometry itself (each output view from its
+source sample's mesh, through a camera mirrored for a flipped sample and with the rotation and crop folded into
+the projection: `affectvlm.data.views.augmented_cameras`), so a flipped face is the mirrored face, normals
+included, nothing is resampled, and the augmenter is left the colour. Every random choice is a pure function of (seed, epoch, sample, view), so `epoch(e, start_step)`
 resumes exactly, and every rank agrees on the order without talking.
 
 Read path (why not a DALI reader). DALI's `fn.readers.numpy` reads one array per file, with its own sharding and
@@ -41,7 +44,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from affectvlm.data.augment import AugmentSettings, make_augmenter, plan_augmentation
+from affectvlm.data.augment import AugmentPlan, AugmentSettings, make_augmenter, plan_augmentation
 from affectvlm.data.cache import INDEX_FILE, CacheError
 from affectvlm.data.datasets import Sample
 from affectvlm.data.emotions import EMOTIONS
@@ -49,7 +52,8 @@ from affectvlm.data.mesh_cache import FORMAT as MESH_CACHE_FORMAT
 from affectvlm.data.mesh_cache import MeshCache
 from affectvlm.data.memory import empty
 from affectvlm.data.sharding import EpochOrder
-from affectvlm.data.views import DEFAULT_RECIPE, CameraJitter, check_recipe, jittered_cameras, render_model_views
+from affectvlm.data.views import (DEFAULT_RECIPE, CameraJitter, augmented_cameras, check_recipe, jittered_cameras,
+                                  render_model_views)
 from affectvlm.geometry.cameras import DEFAULT_VIEWS
 from affectvlm.geometry.normalise import UNRECORDED_POSE
 
@@ -160,20 +164,34 @@ class OnlineViews:
         self.device = resolve_device(device)
         jittered_cameras(self.view_names, jitter, 0, 0, [0], projection=projection)  # checks names and ranges
 
-    def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True) -> torch.Tensor:
-        """(B, K, 3, H, W) float32 in [0, 1] on the source's device."""
+    def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
+              plan: AugmentPlan | None = None) -> torch.Tensor:
+        """(B, K, 3, H, W) float32 in [0, 1] on the source's device. With a `plan`, its view sources, flips,
+        rotations and crops are drawn by the renderer (`augmented_cameras`); its colour is left to an augmenter
+        (`plan.colour_only()`)."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
         meshes = [self.meshes.load(i) for i in sample_ids]
         jitter = self.jitter if augment else CameraJitter.none()
         cameras, light = jittered_cameras(self.view_names, jitter, seed, epoch, sample_ids, projection=self.projection)
-        if len({self.meshes.topology(i) for i in sample_ids}) == 1:
+        rows = None
+        if plan is not None and not (plan.keeps_sources() and plan.keeps_geometry()):
+            cameras, light = augmented_cameras(cameras, light, plan)
+            rows = plan.source[..., 0].reshape(-1)
+        shared = len({self.meshes.topology(i) for i in sample_ids}) == 1
+        vertices, faces = self._on_device(meshes, shared, rows)
+        views = render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
+                                   light.to(self.device))
+        return views if rows is None else views.view(len(sample_ids), -1, *views.shape[2:])
+
+    def _on_device(self, meshes, shared: bool, rows):
+        """The batch's meshes on the device, one per sample or, given `rows`, one per entry of rows."""
+        if shared:
             vertices = torch.from_numpy(np.stack([v for v, _ in meshes])).to(self.device)
-            faces = torch.from_numpy(meshes[0][1]).to(self.device)
-        else:
-            vertices = [torch.from_numpy(v).to(self.device) for v, _ in meshes]
-            faces = [torch.from_numpy(f).to(self.device) for _, f in meshes]
-        return render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
-                                  light.to(self.device))
+            return vertices if rows is None else vertices[torch.from_numpy(rows).to(self.device)], \
+                torch.from_numpy(meshes[0][1]).to(self.device)
+        meshes = meshes if rows is None else [meshes[r] for r in rows]
+        return [torch.from_numpy(v).to(self.device) for v, _ in meshes], \
+            [torch.from_numpy(f).to(self.device) for _, f in meshes]
 
 
 def open_views(path: str | Path, **options) -> CachedViews | OnlineViews:
@@ -249,24 +267,28 @@ class ViewPipeline:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="affectvlm-views") as reader:
             pending = reader.submit(self._read, epoch, steps[0])
             for step in steps:
-                ids, valid, views = pending.result()
+                ids, valid, plan, views = pending.result()
                 if step + 1 < self.steps_per_epoch:
                     pending = reader.submit(self._read, epoch, step + 1)
-                yield self._assemble(epoch, step, ids, valid, views)
+                yield self._assemble(epoch, step, ids, valid, plan, views)
 
     def _read(self, epoch: int, step: int):
         positions, valid = self.order.batch(epoch, step)
         ids = self.subset[positions]
-        if isinstance(self.source, CachedViews) and self.device.type == "cuda":
+        plan = plan_augmentation(self.augment, self.seed, epoch, ids, self._columns["labels"][ids],
+                                 self._columns["intensity"][ids], valid, self.source.view_names)
+        if isinstance(self.source, OnlineViews):  # the renderer draws the plan's geometry, without resampling
+            views = self.source.views(ids, epoch, self.seed, augment=self.training, plan=plan)
+            plan = plan.colour_only()
+        elif self.device.type == "cuda":
             views = self.source.views(ids, dtype=torch.float16).pin_memory()  # half the bytes to copy
         else:
-            views = self.source.views(ids, epoch, self.seed, augment=self.training)
-        return ids, valid, views.to(self.device, non_blocking=True)
+            views = self.source.views(ids)
+        return ids, valid, plan, views.to(self.device, non_blocking=True)
 
-    def _assemble(self, epoch: int, step: int, ids: np.ndarray, valid: np.ndarray, views: torch.Tensor) -> Batch:
+    def _assemble(self, epoch: int, step: int, ids: np.ndarray, valid: np.ndarray, plan: AugmentPlan,
+                  views: torch.Tensor) -> Batch:
         columns = {name: values[ids] for name, values in self._columns.items()}
-        plan = plan_augmentation(self.augment, self.seed, epoch, ids, columns["labels"], columns["intensity"], valid,
-                                 self.source.view_names)
         images = self.augmenter(views, plan)
 
         def on_device(values: np.ndarray) -> torch.Tensor:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from affectvlm.data.augment import AugmentPlan
 from affectvlm.data.draws import uniform
 from affectvlm.data.memory import empty
 from affectvlm.geometry.cameras import Cameras, view_cameras
@@ -154,6 +155,43 @@ def jittered_cameras(views, jitter: CameraJitter, seed: int, epoch: int, sample_
     projection_matrices = presets.projection.expand(len(sample_ids), -1, -1, -1).contiguous()
     light = _jittered_light(jitter, seed, epoch, sample_ids, num_views)
     return Cameras(world_to_view.float().contiguous(), projection_matrices), light
+
+
+def augmented_cameras(cameras: Cameras, light: torch.Tensor, plan: AugmentPlan) -> tuple[Cameras, torch.Tensor]:
+    """Cameras (B*K, 1, 4, 4) and lights (B*K, 1, 3) that draw each output view of `plan` directly, for meshes
+    taken from the plan's source rows (row r of the result renders the mesh of row `plan.source[b, k, 0]`).
+
+    `cameras` (B, K, 4, 4) and `light` (B, K, 3) are the batch's own. Each output view uses the camera and light
+    of its source row and view; a flipped sample's camera is mirrored in camera space (x -> -x), so its views are
+    the views of the mirrored face, normals and light included, rather than mirrored pixels; the plan's rotation
+    and crop become a 2D affine map of clip space in front of the projection. No pixel is resampled."""
+    rows, views = (torch.from_numpy(plan.source[..., i]) for i in range(2))
+    batch = rows.shape[0]
+    world_to_view = cameras.world_to_view.double().expand(batch, -1, -1, -1)[rows, views]
+    projection = cameras.projection.double().expand(batch, -1, -1, -1)[rows, views]
+    light = light.double()[rows, views]
+    affine = torch.from_numpy(plan.affine).double()  # output -> input, grid coordinates (y down)
+    flipped = torch.from_numpy(plan.flipped)[:, None].expand_as(rows)
+    mirror = torch.where(flipped, -1.0, 1.0).double()
+    world_to_view[..., 0, :] *= mirror[..., None]
+    light[..., 0] *= mirror
+    affine[..., 0, :] *= mirror[..., None]  # the mirrored render already shows the plan's mirror
+    return (Cameras((world_to_view).reshape(-1, 1, 4, 4).float(),
+                    (_clip_affine(affine) @ projection).reshape(-1, 1, 4, 4).float()),
+            light.reshape(-1, 1, 3).float())
+
+
+def _clip_affine(affine: torch.Tensor) -> torch.Tensor:
+    """(..., 4, 4) maps of clip space that move each image point where the output -> input map `affine`
+    (..., 2, 3) in grid coordinates (x right, y down; NDC has y up) says the output shows it."""
+    y_down = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    inverse = torch.linalg.inv(affine[..., :2])
+    linear = y_down[:, None] * inverse * y_down[None, :]
+    offset = -y_down * (inverse @ affine[..., 2:]).squeeze(-1)
+    matrix = torch.eye(4, dtype=torch.float64).expand(*affine.shape[:-2], 4, 4).clone()
+    matrix[..., :2, :2] = linear
+    matrix[..., :2, 3] = offset
+    return matrix
 
 
 def _check_pitch(presets: Cameras, jitter: CameraJitter) -> None:
