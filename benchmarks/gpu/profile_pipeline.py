@@ -65,12 +65,14 @@ def main(device: torch.device) -> None:
             np.stack([v for v, _ in meshes])).to(device),
         "online: render 64 x 3 views": lambda r: render_model_views(vertices, faces, cameras.to(device), SIZE,
                                                                     online.recipe, light.to(device)),
-        "online: all of the source's views()": lambda r: online.views(ids, r),
+        "online: all of the source's views(), no augmentation": lambda r: online.views(ids, r),
+        "online: views() drawing the augmentation's geometry": lambda r: online.views(ids, r, plan=plan(r)),
         "cached: read 64 x 3 views (float16) from the cache": lambda r: cached.views(ids, dtype=torch.float16),
         "cached: read, pin, copy to the device": lambda r: pinned(cached.views(ids, dtype=torch.float16)).to(
             device, non_blocking=True),
         "augment: plan": plan,
-        "augment: augmenter on the views": lambda r: augmenter(views, plan(r)),
+        "augment: augmenter on the views (cached source)": lambda r: augmenter(views, plan(r)),
+        "augment: augmenter, colour only (online source)": lambda r: augmenter(views, plan(r).colour_only()),
     }
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; batch {BATCH} x 3 views "
           f"at {SIZE}^2; median of {REPEATS}")
@@ -84,7 +86,7 @@ def main(device: torch.device) -> None:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as profile:
             for r in range(3):
-                augmenter(online.views(ids, r), plan(r))
+                augmenter(online.views(ids, r, plan=plan(r)), plan(r).colour_only())
             torch.cuda.synchronize()
         print(profile.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 

@@ -15,7 +15,7 @@ shift
 stages=${*:-build tests sanitizer kernels training profile mainjob}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD  # the scripts import the checkout, as pytest does
 
 run_stage() {  # name, time limit in seconds, command...
   local name=$1 limit=$2
