@@ -201,6 +201,21 @@ def test_augmenter_matches_the_reference(backend, dtype):
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=pixel_tolerance(20, backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_colour_only_plan_changes_colour_alone_and_one_augmenter_serves_both_kinds(backend):
+    """What the online source leaves an augmenter once the renderer has drawn the geometry; the same augmenter
+    then takes full plans again (DALI keeps a pipeline with and one without the warp)."""
+    columns, pixels = batch(6, seed=9, size=16)
+    plan = plan_augmentation(AugmentSettings(mix=0.5, flip=0.5), 2, 3, **columns)
+    colour = plan.colour_only()
+    assert colour.keeps_sources() and colour.keeps_geometry() and not colour.flipped.any()
+    np.testing.assert_array_equal(colour.brightness, plan.brightness)
+    augmenter = augmenter_for(backend)
+    for each in (colour, plan, colour):
+        np.testing.assert_allclose(augmenter(pixels, each).numpy(), reference(pixels.numpy().astype(np.float64), each),
+                                   rtol=0, atol=pixel_tolerance(16, backend))
+
+
 def test_torch_and_dali_agree_on_random_views():
     pytest.importorskip("nvidia.dali")
     columns, pixels = batch(8, seed=6, size=32)

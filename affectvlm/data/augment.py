@@ -296,16 +296,18 @@ class DaliAugmenter:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DaliAugmenter: device must be cpu or cuda (got {device})")
         self.num_threads = num_threads or max(1, torch.get_num_threads())
-        self._pipeline, self._capacity = None, 0
+        self._pipelines = {}  # warps or not -> (pipeline, capacity in views)
 
     def __call__(self, views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
         _check_views(views, plan)
         if views.device.type != self.device.type:
             raise ValueError(f"DaliAugmenter: views are on {views.device} but the pipeline runs on {self.device}")
         batch, count, channels, height, width = views.shape
-        pipeline = self._pipeline_for(batch * count)
-        inputs = dict(matrix=_pixel_matrices(plan.affine.reshape(-1, 2, 3), height, width),
-                      **self._colour_inputs(plan))
+        warps = not plan.keeps_geometry()  # a renderer may have drawn the geometry already (plan.colour_only())
+        pipeline = self._pipeline_for(batch * count, warps)
+        inputs = self._colour_inputs(plan)
+        if warps:
+            inputs["matrix"] = _pixel_matrices(plan.affine.reshape(-1, 2, 3), height, width)
         if self.device.type == "cpu":
             (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
         else:
@@ -323,12 +325,14 @@ class DaliAugmenter:
         return dict(scale=(b * c / std).astype(np.float32), shift_per_mean=(b * (1 - c) / std).astype(np.float32),
                     shift=np.repeat((-mean / std).astype(np.float32), len(b), axis=0))
 
-    def _pipeline_for(self, views: int):
-        if self._pipeline is None or views > self._capacity:
-            self._pipeline, self._capacity = self._build(views), views
-        return self._pipeline
+    def _pipeline_for(self, views: int, warps: bool):
+        pipeline, capacity = self._pipelines.get(warps, (None, 0))
+        if pipeline is None or views > capacity:
+            pipeline, capacity = self._build(views, warps), views
+            self._pipelines[warps] = (pipeline, capacity)
+        return pipeline
 
-    def _build(self, capacity: int):
+    def _build(self, capacity: int, warps: bool):
         from nvidia.dali import fn, pipeline_def, types
 
         on_gpu = self.device.type == "cuda"
@@ -340,11 +344,13 @@ class DaliAugmenter:
         def augmentation():
             views = fn.external_source(name="views", device=where, layout="FHWC", dtype=types.FLOAT,
                                        no_copy=not on_gpu)
-            matrix, scale, shift_per_mean, shift = (
-                fn.external_source(name=name, dtype=types.FLOAT) for name in ("matrix", "scale", "shift_per_mean",
-                                                                            "shift"))
-            warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
-                                    device=where)
+            scale, shift_per_mean, shift = (fn.external_source(name=name, dtype=types.FLOAT)
+                                            for name in ("scale", "shift_per_mean", "shift"))
+            warped = views
+            if warps:
+                matrix = fn.external_source(name="matrix", dtype=types.FLOAT)
+                warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
+                                        device=where)
             view_mean = fn.reductions.mean(warped)
             # Argument inputs live on the CPU; the dynamic executor moves the GPU mean there.
             channel_shift = (view_mean.cpu() if on_gpu else view_mean) * shift_per_mean + shift
