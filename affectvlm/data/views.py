@@ -176,7 +176,7 @@ def augmented_cameras(cameras: Cameras, light: torch.Tensor, plan: AugmentPlan) 
     world_to_view[..., 0, :] *= mirror[..., None]
     light[..., 0] *= mirror
     affine[..., 0, :] *= mirror[..., None]  # the mirrored render already shows the plan's mirror
-    return (Cameras((world_to_view).reshape(-1, 1, 4, 4).float(),
+    return (Cameras(world_to_view.reshape(-1, 1, 4, 4).float(),
                     (_clip_affine(affine) @ projection).reshape(-1, 1, 4, 4).float()),
             light.reshape(-1, 1, 3).float())
 
