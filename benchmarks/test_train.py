@@ -50,9 +50,11 @@ CPU = Setting("affect-tiny", 112, 4, 16, "cpu")
 GPU = Setting("ViT-B-16", 224, 10, 64, "cuda")
 
 
+needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")
+
+
 @pytest.fixture(scope="module", params=[pytest.param(CPU, id="cpu"),
-                                        pytest.param(GPU, id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-                                            not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")])])
+                                        pytest.param(GPU, id="cuda", marks=[pytest.mark.cuda, needs_gpu])])
 def setting(request):
     return request.param
 

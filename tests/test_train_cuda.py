@@ -107,8 +107,8 @@ def test_torchrun_trains_on_the_gpu_with_nccl_online_views_and_bf16(tmp_path):
     assert all(torch.isfinite(tensor).all() for tensor in trained.values() if tensor.is_floating_point())
 
     face = next((tmp_path / "faces").rglob("*.ply"))
-    on_gpu, on_cpu = (json.loads(run([sys.executable, "-m", "affectvlm", "predict", str(out / "best.safetensors"),
-                                      str(face), "--json", "--device", device]).stdout)[0] for device in ("cuda", "cpu"))
+    predict = [sys.executable, "-m", "affectvlm", "predict", str(out / "best.safetensors"), str(face), "--json"]
+    on_gpu, on_cpu = (json.loads(run([*predict, "--device", device]).stdout)[0] for device in ("cuda", "cpu"))
     assert on_gpu["probabilities"].keys() == on_cpu["probabilities"].keys()
     for emotion, probability in on_cpu["probabilities"].items():
         assert on_gpu["probabilities"][emotion] == pytest.approx(probability, abs=1e-2), emotion

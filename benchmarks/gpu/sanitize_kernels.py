@@ -22,7 +22,8 @@ def rasterise() -> None:
     channels = tuple(name for name in CHANNEL_WIDTHS if name != "attributes")
     render_views(face.cuda(), faces.cuda(), cameras, 37, channels, return_fragments=True, return_barycentrics=True)
     render_views([face.cuda(), big.cuda()], [faces.cuda(), torch.tensor([[0, 1, 2]]).cuda()], cameras, (24, 40),
-                 channels + ("attributes",), attributes=[torch.rand(300, 2).cuda(), torch.rand(3, 2).cuda()], cull_backfaces=True)
+                 channels + ("attributes",), attributes=[torch.rand(300, 2).cuda(), torch.rand(3, 2).cuda()],
+                 cull_backfaces=True)
     vertex_normals(pack_meshes(face.cuda(), faces.cuda()), backend="kernel")
 
 
