@@ -18,7 +18,7 @@ from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD
 from affectvlm.data.procedural_face import ProceduralFaceModel
 from affectvlm.data.synthetic import expression_weights
-from affectvlm.data.views import CameraJitter, augmented_cameras, jittered_cameras, render_model_views
+from affectvlm.data.views import CameraJitter, jittered_cameras, render_augmented_views, render_model_views
 from affectvlm.geometry import Mesh, normalise
 from affectvlm.geometry.cameras import DEFAULT_VIEWS, orbit_cameras, view_cameras
 from affectvlm.ops.raster import render_views
@@ -85,9 +85,7 @@ def augmentation_grid(path: str | Path, seed: int = 3, emotion: str = "happiness
     plan = plan_augmentation(AugmentSettings(flip=1.0, mix=0.5), seed, 0, [0, 1], [label, label], [4, 4],
                              [True, True], DEFAULT_VIEWS)
     # As the online source draws it: the renderer takes the plan's sources, flips and geometry, the augmenter the rest.
-    drawn_cameras, drawn_light = augmented_cameras(cameras, light, plan)
-    drawn = render_model_views(vertices[plan.source[..., 0].reshape(-1)], faces, drawn_cameras, size,
-                               light=drawn_light).view(online.shape)
+    drawn = render_augmented_views(vertices, faces, cameras, light, plan, size)
     mean, std = torch.tensor(OPENAI_MEAN).view(3, 1, 1), torch.tensor(OPENAI_STD).view(3, 1, 1)
     augmented = TorchAugmenter(OPENAI_MEAN, OPENAI_STD)(drawn, plan.colour_only()) * std + mean
     rows = {"cache (presets)": presets[0], "online (jittered)": online[0], "augmented": augmented[0]}

@@ -5,7 +5,7 @@ sample is mirrored, each view's affine (rotation and random resized crop), brigh
 batch row and view each output view is taken from. An augmenter then applies the plan to the pixels and
 normalises for the CLIP image tower: `TorchAugmenter` (grid_sample, CPU or CUDA) or `DaliAugmenter` (an NVIDIA
 DALI pipeline, CPU or GPU). Where the views are rendered per batch, the renderer draws the plan's sources,
-flips and geometry instead (`affectvlm.data.views.augmented_cameras`) and the augmenter applies
+flips and geometry instead (`affectvlm.data.views.render_augmented_views`) and the augmenter applies
 `plan.colour_only()`. Both read the same plan, so the labels and sample ids that go with a batch do not
 depend on the backend, and the pixels agree to interpolation rounding.
 

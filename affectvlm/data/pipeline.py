@@ -10,7 +10,7 @@ Two sources give the views of a batch, (B, K, 3, H, W) in [0, 1], behind one int
 augmentation (`affectvlm.data.augment`: planned in numpy, applied by NVIDIA DALI or by torch), normalisation,
 and the labels. For online views the renderer draws the plan's geometry itself (each output view from its
 source sample's mesh, through a camera mirrored for a flipped sample and with the rotation and crop folded into
-the projection: `affectvlm.data.views.augmented_cameras`), so a flipped face is the mirrored face, normals
+the projection: `affectvlm.data.views.render_augmented_views`), so a flipped face is the mirrored face, normals
 included, nothing is resampled, and the augmenter is left the colour. Every random choice is a pure function of
 (seed, epoch, sample, view), so `epoch(e, start_step)` resumes exactly, and every rank agrees on the order
 without talking.
@@ -53,8 +53,8 @@ from affectvlm.data.mesh_cache import FORMAT as MESH_CACHE_FORMAT
 from affectvlm.data.mesh_cache import MeshCache
 from affectvlm.data.memory import empty
 from affectvlm.data.sharding import EpochOrder
-from affectvlm.data.views import (DEFAULT_RECIPE, CameraJitter, augmented_cameras, check_recipe, jittered_cameras,
-                                  render_model_views)
+from affectvlm.data.views import (DEFAULT_RECIPE, CameraJitter, check_recipe, jittered_cameras,
+                                  render_augmented_views, render_model_views)
 from affectvlm.geometry.cameras import DEFAULT_VIEWS
 from affectvlm.geometry.normalise import UNRECORDED_POSE
 
@@ -168,31 +168,22 @@ class OnlineViews:
     def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
               plan: AugmentPlan | None = None) -> torch.Tensor:
         """(B, K, 3, H, W) float32 in [0, 1] on the source's device. With a `plan`, its view sources, flips,
-        rotations and crops are drawn by the renderer (`augmented_cameras`); its colour is left to an augmenter
-        (`plan.colour_only()`)."""
+        rotations and crops are drawn by the renderer (`render_augmented_views`); its colour is left to an
+        augmenter (`plan.colour_only()`)."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
         meshes = [self.meshes.load(i) for i in sample_ids]
         jitter = self.jitter if augment else CameraJitter.none()
         cameras, light = jittered_cameras(self.view_names, jitter, seed, epoch, sample_ids, projection=self.projection)
-        rows = None
-        if plan is not None and not (plan.keeps_sources() and plan.keeps_geometry()):
-            cameras, light = augmented_cameras(cameras, light, plan)
-            rows = plan.source[..., 0].reshape(-1)
-        shared = len({self.meshes.topology(i) for i in sample_ids}) == 1
-        vertices, faces = self._on_device(meshes, shared, rows)
-        views = render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
-                                   light.to(self.device))
-        return views if rows is None else views.view(len(sample_ids), -1, *views.shape[2:])
-
-    def _on_device(self, meshes, shared: bool, rows):
-        """The batch's meshes on the device, one per sample or, given `rows`, one per entry of rows."""
-        if shared:
+        if len({self.meshes.topology(i) for i in sample_ids}) == 1:
             vertices = torch.from_numpy(np.stack([v for v, _ in meshes])).to(self.device)
-            return vertices if rows is None else vertices[torch.from_numpy(rows).to(self.device)], \
-                torch.from_numpy(meshes[0][1]).to(self.device)
-        meshes = meshes if rows is None else [meshes[r] for r in rows]
-        return [torch.from_numpy(v).to(self.device) for v, _ in meshes], \
-            [torch.from_numpy(f).to(self.device) for _, f in meshes]
+            faces = torch.from_numpy(meshes[0][1]).to(self.device)
+        else:
+            vertices = [torch.from_numpy(v).to(self.device) for v, _ in meshes]
+            faces = [torch.from_numpy(f).to(self.device) for _, f in meshes]
+        if plan is not None and not (plan.keeps_sources() and plan.keeps_geometry()):
+            return render_augmented_views(vertices, faces, cameras, light, plan, self.image_size, self.recipe)
+        return render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
+                                  light.to(self.device))
 
 
 def open_views(path: str | Path, **options) -> CachedViews | OnlineViews:

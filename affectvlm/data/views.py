@@ -181,6 +181,22 @@ def augmented_cameras(cameras: Cameras, light: torch.Tensor, plan: AugmentPlan) 
             light.reshape(-1, 1, 3).float())
 
 
+def render_augmented_views(vertices, faces, cameras: Cameras, light: torch.Tensor, plan: AugmentPlan, size,
+                           recipe: str = DEFAULT_RECIPE) -> torch.Tensor:
+    """The output views of `plan` drawn by the renderer (`augmented_cameras`), float32 (B, K, 3, H, W) in [0, 1]:
+    what an augmenter applying the whole plan to the plain views would show, with only `plan.colour_only()` left
+    to apply. vertices, faces: one mesh per sample, (B, V, 3) with shared faces or lists; cameras (B, K, 4, 4)
+    and light (B, K, 3) as `jittered_cameras` gives them."""
+    drawn_cameras, drawn_light = augmented_cameras(cameras, light, plan)
+    rows = plan.source[..., 0].reshape(-1)
+    if isinstance(vertices, torch.Tensor):
+        vertices = vertices[torch.from_numpy(rows).to(vertices.device)]
+    else:
+        vertices, faces = [vertices[r] for r in rows], [faces[r] for r in rows]
+    views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light)
+    return views.view(*plan.shape, *views.shape[2:])
+
+
 def _clip_affine(affine: torch.Tensor) -> torch.Tensor:
     """(..., 4, 4) maps of clip space that move each image point where the output -> input map `affine`
     (..., 2, 3) in grid coordinates (x right, y down; NDC has y up) says the output shows it."""
