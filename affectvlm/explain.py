@@ -3,14 +3,17 @@
 Two methods give every pixel of every view the model saw (the views in [0, 1], before the CLIP normalisation)
 a weight:
 - occlusion (the default): each view is cut into OCCLUSION_SQUARES x OCCLUSION_SQUARES squares, and each square
-  in turn is hidden (set to the background, 0) in one view; a square weighs how much the class's
+  in turn is hidden in one view: its face pixels take their mean colour, so the square's shape detail is gone
+  but the face keeps its outline (background pixels stay background). A square weighs how much the class's
   log-probability drops without it, and pixels between square centres are interpolated. It answers "which
   regions does the prediction need", costs one pass through the image tower per square that shows some face
-  (batched), and is faithful: on the demo model, 83-88 % of a smile's map lies on the regions the smile moved,
-  which cover 53 % of the views;
+  (batched), and is faithful: on the demo model, 72-86 % of a smile's map lies on the regions the smile moved,
+  which cover 53 % of the views. Hiding a square by setting it to the background instead cuts a hole whose
+  outline the model reacts to wherever it is: over seven models trained by the main job that put 72 % of the
+  map on those regions on average, against 78 % with the mean (benchmarks/RESULTS.md, "Explanations");
 - gradient: the magnitude of the class logit's gradient with respect to each pixel, summed over the three
   channels (through the CLIP normalisation and the whole image tower); one backward pass, but it measures local
-  sensitivity, which in a trained model spreads over the whole face (58-60 % of the same smile's map).
+  sensitivity, which in a trained model spreads over the whole face (58-64 % of the same smile's map).
 Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle covers the
 pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the triangle's
 three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
@@ -91,8 +94,8 @@ def gradient_pixel_weights(images: torch.Tensor, score: Callable[[torch.Tensor],
 def occlusion_pixel_weights(images: torch.Tensor, scores: Callable[[torch.Tensor], torch.Tensor],
                             squares: int = OCCLUSION_SQUARES) -> torch.Tensor:
     """(K, H, W): for one sample's views (1, K, 3, H, W), how much `scores` (a batch of samples
-    (B, K, 3, H, W) -> (B,)) drops when each square of each view is hidden (set to 0, the background), a rise
-    counting as 0. The squares tile each view, `squares` per side; each square's drop is placed at its centre
+    (B, K, 3, H, W) -> (B,)) drops when each square of each view is hidden (`hide_square`), a rise counting as
+    0. The squares tile each view, `squares` per side; each square's drop is placed at its centre
     and interpolated bilinearly between the centres, so the map has no square edges. Squares that are all
     background already are not passed through `scores` (hiding them changes nothing)."""
     drops = occlusion_drops(images, scores, squares)  # (K, squares, squares)
@@ -119,10 +122,18 @@ def occlusion_drops(images: torch.Tensor, scores: Callable[[torch.Tensor], torch
         chunk = hidden[start:start + OCCLUSION_BATCH]
         batch = images.repeat(len(chunk), 1, 1, 1, 1)
         for sample, square in enumerate(chunk):
-            batch[sample][pixels(*square)] = 0
+            hide_square(batch[sample][pixels(*square)])
         for square, drop in zip(chunk, (unhidden - scores(batch)).clamp(min=0)):
             drops[square] = drop
     return drops
+
+
+def hide_square(square: torch.Tensor) -> None:
+    """Hides a square (3, h, w) of a view in place: its face pixels (any channel above 0) take their mean
+    colour, background pixels stay 0."""
+    on_face = square.any(dim=0, keepdim=True)
+    mean = (square * on_face).sum(dim=(1, 2), keepdim=True) / on_face.sum().clamp(min=1)
+    square.copy_(torch.where(on_face, mean, square))
 
 
 def pixel_size(cameras: Cameras, size: int) -> float:
