@@ -10,7 +10,7 @@ from affectvlm.data.synthetic import expression_weights
 from affectvlm.evaluate import perturb
 from affectvlm.geometry import Mesh, normalise
 from affectvlm.geometry.normalise import head_rotation
-from affectvlm.geometry.register import load_template, register, surface_samples
+from affectvlm.geometry.register import load_template, order_free_faces, register, surface_samples
 
 
 def random_face(rng) -> Mesh:
@@ -92,3 +92,18 @@ def test_registration_is_a_pure_function_of_the_mesh():
     face = random_face(np.random.default_rng())
     first, second = normalise(face, pose="template"), normalise(face, pose="template")
     np.testing.assert_array_equal(first.vertices, second.vertices)
+
+
+def test_registration_does_not_depend_on_vertex_order_or_winding():
+    face = random_face(np.random.default_rng())
+    listed_otherwise = perturb.shuffle_order(face, seed=int(np.random.default_rng().integers(1 << 31)))
+    wound_otherwise = Mesh(face.vertices, face.faces[:, ::-1].copy(), {})
+    reference = register(face.vertices, face.faces)
+    for other in (listed_otherwise, wound_otherwise):
+        fit = register(other.vertices, other.faces)
+        np.testing.assert_allclose(fit.matrix(), reference.matrix(), rtol=0, atol=1e-12)
+    # The order-free listing holds the same triangles: each face once, with its corners' positions.
+    triangles = {tuple(sorted(map(tuple, face.vertices[f]))) for f in face.faces}
+    listed = order_free_faces(listed_otherwise.vertices.astype(np.float64), listed_otherwise.faces)
+    assert len(listed) == len(face.faces)
+    assert {tuple(sorted(map(tuple, listed_otherwise.vertices[f]))) for f in listed} == triangles
