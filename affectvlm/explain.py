@@ -7,13 +7,13 @@ a weight:
   but the face keeps its outline (background pixels stay background). A square weighs how much the class's
   log-probability drops without it, and pixels between square centres are interpolated. It answers "which
   regions does the prediction need", costs one pass through the image tower per square that shows some face
-  (batched), and is faithful: on the demo model, 72-86 % of a smile's map lies on the regions the smile moved,
+  (batched), and is faithful: on the demo model, 75-89 % of a smile's map lies on the regions the smile moved,
   which cover 53 % of the views. Hiding a square by setting it to the background instead cuts a hole whose
   outline the model reacts to wherever it is: over seven models trained by the main job that put 72 % of the
   map on those regions on average, against 78 % with the mean (benchmarks/RESULTS.md, "Explanations");
 - gradient: the magnitude of the class logit's gradient with respect to each pixel, summed over the three
   channels (through the CLIP normalisation and the whole image tower); one backward pass, but it measures local
-  sensitivity, which in a trained model spreads over the whole face (58-64 % of the same smile's map).
+  sensitivity, which in a trained model spreads over the whole face (54-58 % of the same smile's map).
 Each covered pixel's weight is then carried back onto the mesh: the rasteriser says which triangle covers the
 pixel and where inside it (perspective-correct barycentrics), and the weight is shared among the triangle's
 three corners in those proportions. Pixels that no triangle covers (the background) carry nothing.
