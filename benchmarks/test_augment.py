@@ -18,7 +18,6 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from affectvlm._ext import cuda_status
 from affectvlm.data.augment import AugmentSettings, DaliAugmenter, TorchAugmenter, dali_available, plan_augmentation
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,7 +25,6 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 ROWS, VIEWS, SIZE = 64, ("frontal", "left", "right"), 224
 SETTINGS = AugmentSettings()
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
-needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")
 pytestmark = pytest.mark.benchmark(group=f"augment-{ROWS}x{len(VIEWS)}-{SIZE}")
 
 
@@ -86,7 +84,6 @@ def test_torchvision_v2_per_view(benchmark, views):
     run(benchmark, augment, views)
 
 
-@needs_gpu
 @pytest.mark.cuda
 def test_torch_cuda(benchmark, views):
     on_gpu = views.cuda()
@@ -94,7 +91,6 @@ def test_torch_cuda(benchmark, views):
     run(benchmark, lambda batch, plan: synchronised(augmenter(batch, plan)), on_gpu)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @needs_dali
 def test_dali_cuda(benchmark, views):

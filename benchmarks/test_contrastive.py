@@ -24,7 +24,6 @@ import sys
 import pytest
 import torch
 
-from affectvlm._ext import cuda_status
 from affectvlm.ops import contrastive_loss
 from affectvlm.ops.reference import contrastive_loss_reference
 
@@ -171,7 +170,6 @@ def test_infonce(benchmark, step_name, n, dim):
 # GPU: the same comparisons up to N = 65,536, timed with a synchronisation at the end of each step and with
 # the peak of torch's CUDA allocator over one step. Skipped where no GPU is usable.
 
-needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"needs a usable GPU: {cuda_status().reason}")
 GPU_SIZES = [8192, 32768, 65536]
 
 
@@ -212,7 +210,6 @@ def run_gpu(benchmark, step_name, n, m, dim, paired):
     benchmark.pedantic(synchronised, setup=lambda: ([x.clone() for x in inputs], {}), rounds=5, iterations=1)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", GPU_SIZES)
 @pytest.mark.parametrize("step_name", ["affectvlm", "reference"])
@@ -221,7 +218,6 @@ def test_cuda_loss(benchmark, step_name, n):
     run_gpu(benchmark, step_name, n, PROMPTS, 512, paired=False)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", GPU_SIZES)
 @pytest.mark.parametrize("step_name", ["affectvlm_infonce", "reference_infonce", "clip_loss", "inf_cl"])

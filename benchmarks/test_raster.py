@@ -13,14 +13,12 @@ import pytest
 import torch
 from raster_peers import face_mesh, import_open3d, open3d_depth_views, trimesh_triangle_views
 
-from affectvlm._ext import cuda_status
 from affectvlm.geometry.cameras import view_cameras
 from affectvlm.ops.raster import render_views
 
 SIZES = (112, 224)
 TRIANGLES = ("5k", "20k", "80k")
 BATCHES = (1, 64, 512)
-needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")
 open3d = import_open3d()
 
 
@@ -88,7 +86,6 @@ def cuda_render(function):
     return timed
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases())
 def test_affectvlm_cuda_depth(benchmark, size, triangles, meshes):
@@ -97,7 +94,6 @@ def test_affectvlm_cuda_depth(benchmark, size, triangles, meshes):
     run_benchmark(benchmark, cuda_render(lambda: render_views(vertices, faces, cameras, size, ("depth",))), meshes)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases())
 def test_affectvlm_cuda_all_channels(benchmark, size, triangles, meshes):
@@ -106,7 +102,6 @@ def test_affectvlm_cuda_all_channels(benchmark, size, triangles, meshes):
     run_benchmark(benchmark, cuda_render(lambda: render_views(vertices, faces, cameras, size)), meshes)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases(batches=(1,), sizes=(112,), triangles=("5k",)))
 def test_reference_cuda_depth(benchmark, size, triangles, meshes):
@@ -116,7 +111,6 @@ def test_reference_cuda_depth(benchmark, size, triangles, meshes):
                                                         backend="reference")), rounds=1, iterations=1)
 
 
-@needs_gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("size, triangles, meshes", cases(batches=(1, 64, 512)))
 def test_peer_nvdiffrast_triangle_ids(benchmark, size, triangles, meshes):

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 
-from affectvlm._ext import cuda_status
 from affectvlm.data.cache import RenderSettings, render_dataset
 from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.synthetic import generate_dataset
@@ -50,11 +49,10 @@ CPU = Setting("affect-tiny", 112, 4, 16, "cpu")
 GPU = Setting("ViT-B-16", 224, 10, 64, "cuda")
 
 
-needs_gpu = pytest.mark.skipif(not cuda_status().usable, reason=f"no usable GPU: {cuda_status().reason}")
 
 
 @pytest.fixture(scope="module", params=[pytest.param(CPU, id="cpu"),
-                                        pytest.param(GPU, id="cuda", marks=[pytest.mark.cuda, needs_gpu])])
+                                        pytest.param(GPU, id="cuda", marks=[pytest.mark.cuda])])
 def setting(request):
     return request.param
 

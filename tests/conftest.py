@@ -1,17 +1,5 @@
 import pytest
 
-from affectvlm._ext import cuda_status
-
-
-def pytest_collection_modifyitems(config, items):
-    status = cuda_status()
-    if status.usable:
-        return
-    skip = pytest.mark.skip(reason=f"CUDA test skipped: {status.reason}")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
 
 # Tiny generated datasets shared by the data pipeline's tests (tests/test_pipeline_*.py, test_views.py, ...).
 @pytest.fixture(scope="session")
