@@ -27,6 +27,14 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+@pytest.fixture
+def tiny_model(tmp_path):
+    """The tiny model's config file, in the test's folder."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    return path
+
+
 def step_inputs(seed: int, batch: int = 12):
     """A batch of random views with every emotion twice, and one drawn prompt per sample."""
     from affectvlm.model.prompts import PromptBank
@@ -49,15 +57,13 @@ def one_step(module, images, labels, valid, prompts):
     return values.float().cpu(), gradient.float().cpu()
 
 
-def cpu_and_cuda_steps(tmp_path, seed: int, autocast_dtype):
+def cpu_and_cuda_steps(tiny_model, seed: int, autocast_dtype):
     from affectvlm.model.affect_model import build_model
     from affectvlm.ops.contrastive import AffectLoss
     from affectvlm.train.loop import TrainModule
 
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY_MODEL))
     torch.manual_seed(seed)
-    cpu = TrainModule(build_model(config), AffectLoss(len(EMOTIONS)))
+    cpu = TrainModule(build_model(tiny_model), AffectLoss(len(EMOTIONS)))
     cuda = copy.deepcopy(cpu).cuda()
     cuda.autocast_dtype = autocast_dtype
     inputs = step_inputs(seed)
@@ -69,16 +75,16 @@ def cosine(a, b):
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_a_float32_training_step_on_the_gpu_equals_the_cpu_step(tmp_path, no_tf32, seed):
-    (cpu_terms, cpu_gradient), (cuda_terms, cuda_gradient) = cpu_and_cuda_steps(tmp_path, seed, None)
+def test_a_float32_training_step_on_the_gpu_equals_the_cpu_step(tiny_model, no_tf32, seed):
+    (cpu_terms, cpu_gradient), (cuda_terms, cuda_gradient) = cpu_and_cuda_steps(tiny_model, seed, None)
     torch.testing.assert_close(cuda_terms, cpu_terms, rtol=1e-4, atol=1e-5)
     assert cosine(cuda_gradient, cpu_gradient) > 0.9999
     assert (cuda_gradient - cpu_gradient).norm() <= 1e-3 * cpu_gradient.norm()
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_a_bf16_autocast_step_stays_close_to_the_float32_cpu_step(tmp_path, seed):
-    (cpu_terms, cpu_gradient), (cuda_terms, cuda_gradient) = cpu_and_cuda_steps(tmp_path, seed, torch.bfloat16)
+def test_a_bf16_autocast_step_stays_close_to_the_float32_cpu_step(tiny_model, seed):
+    (cpu_terms, cpu_gradient), (cuda_terms, cuda_gradient) = cpu_and_cuda_steps(tiny_model, seed, torch.bfloat16)
     torch.testing.assert_close(cuda_terms, cpu_terms, rtol=3e-2, atol=1e-2)
     similarity = cosine(cuda_gradient, cpu_gradient)
     print(f"\nbf16 step: loss {cuda_terms[0]:.4f} against {cpu_terms[0]:.4f} in float32 on the CPU; "
@@ -86,12 +92,11 @@ def test_a_bf16_autocast_step_stays_close_to_the_float32_cpu_step(tmp_path, seed
     assert similarity > 0.99
 
 
-def test_torchrun_trains_on_the_gpu_with_nccl_online_views_and_bf16(tmp_path):
+def test_torchrun_trains_on_the_gpu_with_nccl_online_views_and_bf16(tmp_path, tiny_model):
     generate_dataset(tmp_path / "faces", 6, seed=3, file_format="ply")
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY_MODEL))
     out = tmp_path / "out"
     result = run(torchrun("--standalone", "--nproc_per_node=1", str(WORKER), str(tmp_path / "faces"),
-                          "--model", str(tmp_path / "tiny.json"), "--out", str(out), "--cache-dir", str(tmp_path),
+                          "--model", str(tiny_model), "--out", str(out), "--cache-dir", str(tmp_path),
                           "--source", "online", "--jitter", "yaw=10,pitch=5,roll=3", "--augment", "--device", "cuda",
                           "--batch-size", "8", "--epochs", "2", "--folds", "3", "--lr", "2e-3", "--warmup", "2",
                           "--no-progress"), env={**ENV, "OMP_NUM_THREADS": "4"})
