@@ -8,14 +8,15 @@
 #
 # Stages (default: all, in this order): build, tests (the `cuda` tests), sanitizer (memcheck and racecheck),
 # kernels (rasteriser, loss and augmentation benchmarks), training (training-throughput and pipeline benchmarks),
-# profile (benchmarks/gpu/profile_pipeline.py), mainjob (`affectvlm train` with its defaults, on the GPU).
+# profile (benchmarks/gpu/profile_pipeline.py), mainjob (`affectvlm train` with its defaults, on the GPU), kfold
+# (the main job's 5-fold protocol, benchmarks/gpu/kfold.sh) and kfold-small224 (the same with affect-small-224).
 set -uo pipefail
 out=$(realpath "${1:?usage: benchmarks/gpu/run.sh OUT [STAGE...]}")
 shift
-stages=${*:-build tests sanitizer kernels training profile mainjob}
+stages=${*:-build tests sanitizer kernels training profile mainjob kfold kfold-small224}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD  # the scripts import the checkout, as pytest does
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the checkout first, as pytest imports it
 
 run_stage() {  # name, time limit in seconds, command...
   local name=$1 limit=$2
@@ -33,6 +34,7 @@ cuda_tests=(tests/test_ext.py tests/test_raster.py tests/test_contrastive.py tes
 kernel_benchmarks=(benchmarks/test_raster.py benchmarks/test_contrastive.py benchmarks/test_augment.py)
 training_benchmarks=(benchmarks/test_train.py benchmarks/test_pipeline.py)
 main_job=$(mktemp -d)/main-job  # its generated data and caches stay out of OUT
+export CACHE=$(mktemp -d)/kfold-cache  # the k-fold stages generate the data once
 sanitize=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 
 for stage in $stages; do
@@ -55,6 +57,10 @@ for stage in $stages; do
       run_stage profile 90 python3 benchmarks/gpu/profile_pipeline.py cuda ;;
     mainjob)
       run_stage mainjob 300 python3 -m affectvlm train --out "$main_job" --no-progress ;;
+    kfold)
+      run_stage kfold 400 benchmarks/gpu/kfold.sh "$out" kfold ;;
+    kfold-small224)
+      run_stage kfold-small224 300 benchmarks/gpu/kfold.sh "$out" kfold-small224 --model affect-small-224 ;;
     *)
       echo "unknown stage '$stage'"; exit 2 ;;
   esac
