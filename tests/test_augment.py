@@ -55,8 +55,7 @@ def unnormalise(images: torch.Tensor) -> np.ndarray:
 
 
 def reference(views: np.ndarray, plan) -> np.ndarray:
-    """The plan applied in float64 numpy: gather, bilinear sampling with zeros outside, the blanked squares (the
-    pixels whose centres lie inside), colour, normalisation."""
+    """The plan applied in float64 numpy: gather, bilinear sampling with zeros outside, colour, normalisation."""
     rows, count, channels, height, width = views.shape
     source = views[plan.source[..., 0], plan.source[..., 1]].reshape(rows * count, channels, height, width)
     affine = plan.affine.reshape(-1, 2, 3).astype(np.float64)
@@ -74,11 +73,6 @@ def reference(views: np.ndarray, plan) -> np.ndarray:
         inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
         values = source[view, :, np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)]   # (N, H, W, C)
         warped += np.moveaxis(values * (weight * inside)[..., None], -1, 1)
-    left, top, right, bottom = (plan.erase.reshape(-1, 4).astype(np.float64).T[:, :, None, None])
-    centre_x, centre_y = (np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height
-    blanked = ((centre_x[None, None, :] >= left) & (centre_x[None, None, :] < right)
-               & (centre_y[None, :, None] >= top) & (centre_y[None, :, None] < bottom))
-    warped = np.where(blanked[:, None], 0.0, warped)
     m = warped.mean(axis=(1, 2, 3), keepdims=True)
     b, c = plan.brightness.reshape(-1, 1, 1, 1), plan.contrast.reshape(-1, 1, 1, 1)
     coloured = b * (m + c * (warped - m))
@@ -199,9 +193,7 @@ def test_evaluation_is_deterministic_and_only_normalises(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_augmenter_matches_the_reference(backend, dtype):
     columns, pixels = batch(5, seed=5, size=20)
-    plan = plan_augmentation(AugmentSettings(rotation=25.0, crop_scale=(0.5, 0.9), mix=0.5, erase=0.5), 1, 2,
-                             **columns)
-    assert not plan.keeps_pixels()
+    plan = plan_augmentation(AugmentSettings(rotation=25.0, crop_scale=(0.5, 0.9), mix=0.5), 1, 2, **columns)
     pixels = pixels.to(dtype)
     out = augmenter_for(backend)(pixels, plan)
     assert out.dtype == torch.float32 and out.shape == pixels.shape
@@ -214,11 +206,10 @@ def test_a_colour_only_plan_changes_colour_alone_and_one_augmenter_serves_both_k
     """What the online source leaves an augmenter once the renderer has drawn the geometry; the same augmenter
     then takes full plans again (DALI keeps a pipeline with and one without the warp)."""
     columns, pixels = batch(6, seed=9, size=16)
-    plan = plan_augmentation(AugmentSettings(mix=0.5, flip=0.5, erase=0.5), 2, 3, **columns)
+    plan = plan_augmentation(AugmentSettings(mix=0.5, flip=0.5), 2, 3, **columns)
     colour = plan.colour_only()
     assert colour.keeps_sources() and colour.keeps_geometry() and not colour.flipped.any()
     np.testing.assert_array_equal(colour.brightness, plan.brightness)
-    np.testing.assert_array_equal(colour.erase, plan.erase)  # the renderer leaves the blanking to the augmenter
     augmenter = augmenter_for(backend)
     for each in (colour, plan, colour):
         np.testing.assert_allclose(augmenter(pixels, each).numpy(), reference(pixels.numpy().astype(np.float64), each),
@@ -232,41 +223,6 @@ def test_torch_and_dali_agree_on_random_views():
     torch_out = augmenter_for("torch")(pixels, plan)
     dali_out = augmenter_for("dali")(pixels, plan)
     torch.testing.assert_close(dali_out, torch_out, rtol=0, atol=pixel_tolerance(32, "dali"))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_erase_blanks_one_square_of_the_chosen_views_to_the_background(backend):
-    """Blank (1.0) views: after the augmenter exactly the planned squares read 0 (the background), nothing else
-    changes; views that keep every pixel are untouched."""
-    columns, pixels = batch(40, seed=11, size=24)
-    pixels = torch.ones_like(pixels)
-    plan = plan_augmentation(settings_with(erase=0.6, erase_size=(0.2, 0.4)), 3, 1, **columns)
-    out = unnormalise(augmenter_for(backend)(pixels, plan))
-    zero = np.isclose(out, 0.0, atol=1e-5).all(axis=2)            # (B, K, H, W): blanked pixels
-    assert np.isclose(out[~np.broadcast_to(zero[:, :, None], out.shape)], 1.0, atol=1e-5).all()
-    side = plan.erase[..., 2] - plan.erase[..., 0]
-    chosen = side > 0
-    assert not zero[~chosen].any()
-    for square, (left, top, right, bottom) in zip(zero[chosen], plan.erase[chosen]):
-        ys, xs = np.nonzero(square)
-        assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1), "one filled rectangle"
-        assert left * 24 - 0.5 <= xs.min() <= left * 24 + 0.5 and right * 24 - 1.5 <= xs.max() <= right * 24 - 0.5
-        assert top * 24 - 0.5 <= ys.min() <= top * 24 + 0.5 and bottom * 24 - 1.5 <= ys.max() <= bottom * 24 - 0.5
-
-
-def test_erase_draws_stay_within_their_ranges_and_differ_per_view():
-    columns, _ = batch(500, seed=12)
-    plan = plan_augmentation(settings_with(erase=0.3, erase_size=(0.1, 0.25)), 0, 0, **columns)
-    left, top, right, bottom = np.moveaxis(plan.erase.astype(np.float64), -1, 0)
-    side = right - left
-    chosen = side > 0
-    assert abs(chosen.mean() - 0.3) < 0.03
-    np.testing.assert_allclose(bottom - top, side, atol=1e-6)                     # squares
-    assert 0.1 - 1e-6 <= side[chosen].min() < 0.11 and 0.24 < side[chosen].max() <= 0.25 + 1e-6
-    assert (left >= 0).all() and (top >= 0).all() and (right <= 1 + 1e-6).all() and (bottom <= 1 + 1e-6).all()
-    both = chosen[:, 0] & chosen[:, 1]
-    assert not np.allclose(left[both, 0], left[both, 1])                           # per view, not per sample
-    assert plan_augmentation(AugmentSettings(), 0, 0, **columns).keeps_pixels()   # off by default
 
 
 def test_parameters_stay_within_their_ranges():
@@ -294,8 +250,6 @@ def test_parameters_stay_within_their_ranges():
     (dict(crop_scale=(0.5, 1.2)), "crop_scale"), (dict(crop_scale=(0.9, 0.5)), "crop_scale"),
     (dict(crop_scale=(0.0, 0.5)), "crop_scale"), (dict(crop_ratio=(1.2, 0.8)), "crop_ratio"),
     (dict(crop_ratio=(0.5,)), "crop_ratio"), (dict(crop_ratio="wide"), "crop_ratio"),
-    (dict(erase=1.5), "erase"), (dict(erase_size=(0.3, 0.1)), "erase_size"), (dict(erase_size=(0.0, 0.2)), "erase_size"),
-    (dict(erase_size=(0.1, 1.5)), "erase_size"),
 ])
 def test_bad_settings_are_one_line_errors(strengths, field):
     with pytest.raises(ValueError, match=field) as error:

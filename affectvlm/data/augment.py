@@ -15,9 +15,6 @@ Semantics:
   "left" and "right", so the left view still shows the subject's left side (of the mirrored face). Views with
   other names ("frontal", "up", "down") keep their place.
 - Rotation, crop, brightness and contrast are drawn per view.
-- With probability `erase` a square of the view (its side drawn in `erase_size`, as a fraction of the view's
-  side) is blanked to the background after the geometry, as a scan that lost a patch (an eye, the mouth) shows
-  the background there. Off by default.
 - With probability `mix` a view is replaced by the same view of another valid sample in the batch with the same
   emotion (and the same intensity when the sample's intensity is known): a new multiview combination of one
   expression, so the sample's label stays right. Unlabelled samples and padding rows never mix, in either role.
@@ -45,10 +42,9 @@ from affectvlm.data.draws import uniform
 
 SWAPPED_BY_FLIP = {"left": "right", "right": "left"}
 
-# Per-view draw counters (a draw's numbers do not depend on how many draws there are).
-(_ROTATION, _CROP_SCALE, _CROP_RATIO, _CROP_X, _CROP_Y, _BRIGHTNESS, _CONTRAST, _MIX, _DONOR,
- _ERASE, _ERASE_SIZE, _ERASE_X, _ERASE_Y) = range(13)
-_VIEW_DRAWS = 13
+# Per-view draw counters.
+_ROTATION, _CROP_SCALE, _CROP_RATIO, _CROP_X, _CROP_Y, _BRIGHTNESS, _CONTRAST, _MIX, _DONOR = range(9)
+_VIEW_DRAWS = 9
 
 
 @dataclass(frozen=True)
@@ -62,11 +58,9 @@ class AugmentSettings:
     brightness: float = 0.2                     # multiplier drawn in [1 - brightness, 1 + brightness]
     contrast: float = 0.2                       # multiplier drawn in [1 - contrast, 1 + contrast]
     mix: float = 0.2                            # probability that a view comes from another sample of its class
-    erase: float = 0.0                          # probability that a square of a view is blanked to the background
-    erase_size: tuple[float, float] = (0.08, 0.2)  # range of that square's side as a fraction of the view's side
 
     def __post_init__(self):
-        for name in ("flip", "mix", "erase"):
+        for name in ("flip", "mix"):
             _require(0.0 <= getattr(self, name) <= 1.0, f"{name} must be a probability in [0, 1]", name, self)
         _require(0.0 <= self.rotation <= 180.0, "rotation must be in [0, 180] degrees", "rotation", self)
         for name in ("brightness", "contrast"):
@@ -75,15 +69,13 @@ class AugmentSettings:
         _require(0.0 < low <= high <= 1.0, "crop_scale must satisfy 0 < low <= high <= 1", "crop_scale", self)
         low, high = _pair(self.crop_ratio, "crop_ratio")
         _require(0.0 < low <= high, "crop_ratio must satisfy 0 < low <= high", "crop_ratio", self)
-        low, high = _pair(self.erase_size, "erase_size")
-        _require(0.0 < low <= high <= 1.0, "erase_size must satisfy 0 < low <= high <= 1", "erase_size", self)
-        for name in ("crop_scale", "crop_ratio", "erase_size"):
-            object.__setattr__(self, name, tuple(map(float, getattr(self, name))))
+        object.__setattr__(self, "crop_scale", tuple(map(float, self.crop_scale)))
+        object.__setattr__(self, "crop_ratio", tuple(map(float, self.crop_ratio)))
 
     @classmethod
     def off(cls) -> AugmentSettings:
         return cls(flip=0.0, rotation=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                   brightness=0.0, contrast=0.0, mix=0.0, erase=0.0)
+                   brightness=0.0, contrast=0.0, mix=0.0)
 
     def as_dict(self) -> dict:
         return {field.name: getattr(self, field.name) for field in fields(self)}
@@ -112,8 +104,6 @@ class AugmentPlan:
     contrast: np.ndarray    # (B, K) float32 multiplier
     flipped: np.ndarray     # (B,) bool: the sample is mirrored (folded into `affine` and `source`)
     mixed: np.ndarray       # (B, K) bool: the output view comes from another sample
-    erase: np.ndarray       # (B, K, 4) float32: the blanked square (left, top, right, bottom) as fractions of the
-                            # output view's side; right = left where nothing is blanked
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -129,15 +119,12 @@ class AugmentPlan:
     def keeps_colour(self) -> bool:
         return bool((self.brightness == 1).all() and (self.contrast == 1).all())
 
-    def keeps_pixels(self) -> bool:
-        return bool((self.erase[..., 2] <= self.erase[..., 0]).all())
-
     def is_identity(self) -> bool:
-        return self.keeps_sources() and self.keeps_geometry() and self.keeps_colour() and self.keeps_pixels()
+        return self.keeps_sources() and self.keeps_geometry() and self.keeps_colour()
 
     def colour_only(self) -> AugmentPlan:
         """This plan with its view sources, flips and geometry taken as done (by a renderer that drew each
-        output view directly): what is left for an augmenter is the blanking, the colour and the normalisation."""
+        output view directly): what is left for an augmenter is the colour and the normalisation."""
         rows, views = np.indices(self.shape)
         return replace(self, source=np.stack([rows, views], axis=-1).astype(np.int64),
                        affine=np.broadcast_to(_IDENTITY, self.affine.shape).copy(),
@@ -173,8 +160,7 @@ def plan_augmentation(settings: AugmentSettings, seed: int, epoch: int, sample_i
     brightness = 1.0 + (2.0 * draws[..., _BRIGHTNESS] - 1.0) * settings.brightness
     contrast = 1.0 + (2.0 * draws[..., _CONTRAST] - 1.0) * settings.contrast
     return AugmentPlan(source=source, affine=affine.astype(np.float32), brightness=brightness.astype(np.float32),
-                       contrast=contrast.astype(np.float32), flipped=flipped, mixed=mixed,
-                       erase=_erased_squares(settings, draws))
+                       contrast=contrast.astype(np.float32), flipped=flipped, mixed=mixed)
 
 
 def _batch_columns(sample_ids, labels, intensity, valid):
@@ -228,24 +214,6 @@ def _affines(settings: AugmentSettings, draws: np.ndarray, flipped: np.ndarray) 
     return affine
 
 
-def _erased_squares(settings: AugmentSettings, draws: np.ndarray) -> np.ndarray:
-    """(B, K, 4) squares (left, top, right, bottom) inside the view, as fractions of its side; empty (right = left)
-    for the views that keep every pixel."""
-    low, high = settings.erase_size
-    side = low + draws[..., _ERASE_SIZE] * (high - low)
-    side = np.where(draws[..., _ERASE] < settings.erase, side, 0.0)
-    left, top = draws[..., _ERASE_X] * (1.0 - side), draws[..., _ERASE_Y] * (1.0 - side)
-    return np.stack([left, top, left + side, top + side], axis=-1).astype(np.float32)
-
-
-def erased_pixels(erase: np.ndarray, size: int) -> np.ndarray:
-    """(N, 4) int32 first row, first column, rows and columns blanked in a size x size view: the pixels whose
-    centres lie inside the square (`erase` (N, 4) as in AugmentPlan)."""
-    first = np.ceil(erase * size - 0.5).astype(np.int32)  # the first pixel whose centre (i + 0.5) / size >= edge
-    left, top, right, bottom = first.T
-    return np.stack([top, left, bottom - top, right - left], axis=1).clip(0, size)
-
-
 class TorchAugmenter:
     """Applies a plan with torch: one gather, one grid_sample and one multiply-add over all B x K views."""
 
@@ -265,8 +233,6 @@ class TorchAugmenter:
             theta = torch.from_numpy(plan.affine).to(views.device).reshape(-1, 2, 3)
             flat = F.grid_sample(flat, affine_grid(theta, height, width), mode="bilinear", padding_mode="zeros",
                                  align_corners=False)
-        if not plan.keeps_pixels():
-            flat = flat * _kept_pixels(erased_pixels(plan.erase.reshape(-1, 4), height), height, flat.device)
         scale, shift = self._colour_and_normalise(plan, flat)
         return torch.addcmul(shift, flat, scale).view(batch, count, channels, height, width)
 
@@ -279,15 +245,6 @@ class TorchAugmenter:
         mean, std = self.mean.to(device).view(1, 3), self.std.to(device).view(1, 3)
         scale, shift = b * c / std, (b * (1 - c) * m - mean) / std
         return scale.view(-1, 3, 1, 1), shift.view(-1, 3, 1, 1)
-
-
-def _kept_pixels(erased: np.ndarray, size: int, device) -> torch.Tensor:
-    """(N, 1, size, size) float mask: 0 on each view's blanked square, 1 elsewhere."""
-    top, left, rows, columns = (torch.from_numpy(column).to(device).view(-1, 1) for column in erased.T)
-    index = torch.arange(size, device=device).view(1, -1)
-    inside_rows = (index >= top) & (index < top + rows)
-    inside_columns = (index >= left) & (index < left + columns)
-    return (~(inside_rows[:, :, None] & inside_columns[:, None, :])).to(torch.float32).unsqueeze(1)
 
 
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -326,8 +283,8 @@ class DaliAugmenter:
 
     One pipeline sample is one view, laid out FHWC with the three channels as frames and C = 1, so a torch view
     (3, H, W) enters without a transpose and one 2x3 matrix warps all its channels. The graph: external_source
-    (views and per-view parameters) -> warp_affine (bilinear, zeros outside) -> erase (the blanked squares, zero)
-    -> reductions.mean (the view's mean for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
+    (views and per-view parameters) -> warp_affine (bilinear, zeros outside) -> reductions.mean (the view's mean
+    for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
     normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
     mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel
     Python workers, so nothing is forked, before or after CUDA exists.
@@ -339,7 +296,7 @@ class DaliAugmenter:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DaliAugmenter: device must be cpu or cuda (got {device})")
         self.num_threads = num_threads or max(1, torch.get_num_threads())
-        self._pipelines = {}  # (warps, erases) -> (pipeline, capacity in views)
+        self._pipelines = {}  # warps or not -> (pipeline, capacity in views)
 
     def __call__(self, views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
         _check_views(views, plan)
@@ -347,14 +304,10 @@ class DaliAugmenter:
             raise ValueError(f"DaliAugmenter: views are on {views.device} but the pipeline runs on {self.device}")
         batch, count, channels, height, width = views.shape
         warps = not plan.keeps_geometry()  # a renderer may have drawn the geometry already (plan.colour_only())
-        erases = not plan.keeps_pixels()
-        pipeline = self._pipeline_for(batch * count, warps, erases)
+        pipeline = self._pipeline_for(batch * count, warps)
         inputs = self._colour_inputs(plan)
         if warps:
             inputs["matrix"] = _pixel_matrices(plan.affine.reshape(-1, 2, 3), height, width)
-        if erases:
-            erased = erased_pixels(plan.erase.reshape(-1, 4), height).astype(np.float32)
-            inputs["erase_anchor"], inputs["erase_shape"] = erased[:, :2].copy(), erased[:, 2:].copy()
         if self.device.type == "cpu":
             (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
         else:
@@ -372,14 +325,14 @@ class DaliAugmenter:
         return dict(scale=(b * c / std).astype(np.float32), shift_per_mean=(b * (1 - c) / std).astype(np.float32),
                     shift=np.repeat((-mean / std).astype(np.float32), len(b), axis=0))
 
-    def _pipeline_for(self, views: int, warps: bool, erases: bool):
-        pipeline, capacity = self._pipelines.get((warps, erases), (None, 0))
+    def _pipeline_for(self, views: int, warps: bool):
+        pipeline, capacity = self._pipelines.get(warps, (None, 0))
         if pipeline is None or views > capacity:
-            pipeline, capacity = self._build(views, warps, erases), views
-            self._pipelines[(warps, erases)] = (pipeline, capacity)
+            pipeline, capacity = self._build(views, warps), views
+            self._pipelines[warps] = (pipeline, capacity)
         return pipeline
 
-    def _build(self, capacity: int, warps: bool, erases: bool):
+    def _build(self, capacity: int, warps: bool):
         from nvidia.dali import fn, pipeline_def, types
 
         on_gpu = self.device.type == "cuda"
@@ -398,10 +351,6 @@ class DaliAugmenter:
                 matrix = fn.external_source(name="matrix", dtype=types.FLOAT)
                 warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
                                         device=where)
-            if erases:
-                anchor, shape = (fn.external_source(name=name, dtype=types.FLOAT)
-                                 for name in ("erase_anchor", "erase_shape"))
-                warped = fn.erase(warped, anchor=anchor, shape=shape, axis_names="HW", fill_value=0.0, device=where)
             view_mean = fn.reductions.mean(warped)
             # Argument inputs live on the CPU; the dynamic executor moves the GPU mean there.
             channel_shift = (view_mean.cpu() if on_gpu else view_mean) * shift_per_mean + shift

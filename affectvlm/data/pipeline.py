@@ -11,9 +11,9 @@ augmentation (`affectvlm.data.augment`: planned in numpy, applied by NVIDIA DALI
 and the labels. For online views the renderer draws the plan's geometry itself (each output view from its
 source sample's mesh, through a camera mirrored for a flipped sample and with the rotation and crop folded into
 the projection: `affectvlm.data.views.render_augmented_views`), so a flipped face is the mirrored face, normals
-included, nothing is resampled, and the augmenter is left the blanking and the colour. Every random choice is a
-pure function of (seed, epoch, sample, view), so `epoch(e, start_step)` resumes exactly, and every rank agrees on
-the order without talking.
+included, nothing is resampled, and the augmenter is left the colour. Every random choice is a pure function of
+(seed, epoch, sample, view), so `epoch(e, start_step)` resumes exactly, and every rank agrees on the order
+without talking.
 
 Read path (why not a DALI reader). DALI's `fn.readers.numpy` reads one array per file, with its own sharding and
 a shuffle buffer (or a reshuffle after each epoch from DALI's internal state). Our shards hold hundreds of

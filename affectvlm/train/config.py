@@ -27,10 +27,6 @@ class TrainConfig:
     # (RESULTS.md, ablations).
     # A dict (maybe empty): mixed view augmentation, these AugmentSettings fields overriding its defaults.
     augment: dict | None = None
-    # Probability that a square of a training view is blanked to the background (AugmentSettings.erase), as scans
-    # lose the eyes or the mouth; with or without --augment. Registered faces trained without it lean on the eyes
-    # as they render (RESULTS.md, "Holes at the eyes").
-    erase: float = 0.0
     folds: int = 5  # subjects split into this many folds; fold `fold` is held out for evaluation
     fold: int = 0
     # model
@@ -161,9 +157,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--augment", nargs="?", const="", metavar="SETTINGS",
                       help="train with mixed view augmentation (off by default), optionally with settings overriding "
                            "its defaults, e.g. flip=0.5,rotation=10")
-    data.add_argument("--erase", type=float, default=d.erase, metavar="P",
-                      help="blank a square of each training view to the background with probability P, as scans "
-                           "lose patches such as the eyes (default 0)")
     data.add_argument("--folds", type=_positive, default=d.folds,
                       help=f"subject folds; one is held out for evaluation (default {d.folds})")
     data.add_argument("--fold", type=int, default=d.fold, help="the held-out fold (default 0)")
@@ -213,9 +206,5 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("--folds must be at least 2 (one fold is held out)")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda, got '{config.device}'")
-    if not 0.0 <= config.erase <= 1.0:
-        raise ValueError(f"--erase must be a probability in [0, 1], got {config.erase}")
-    if {"erase", "erase_size"} & set(config.augment or {}):
-        raise ValueError("--augment: set the blanked squares with --erase, not in --augment")
     if config.warmup < 0 or config.checkpoint_every < 0:
         raise ValueError("--warmup and --checkpoint-every must be at least 0")

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -337,21 +337,13 @@ def make_pipelines(config: TrainConfig, runtime: Runtime, source, train_ids, tes
     from affectvlm.data.augment import AugmentSettings
     from affectvlm.data.pipeline import ViewPipeline
 
+    augment = AugmentSettings.off() if config.augment is None else AugmentSettings(**config.augment)
     common = dict(seed=config.seed, num_shards=runtime.world_size, shard_id=runtime.rank, backend=config.backend,
                   device=runtime.device, mean=normalisation.mean, std=normalisation.std)
-    train = ViewPipeline(source, config.batch_size, augment=training_augmentation(config), training=True,
-                         subset=train_ids, **common)
+    train = ViewPipeline(source, config.batch_size, augment=augment, training=True, subset=train_ids, **common)
     held_out = ViewPipeline(source, config.batch_size, augment=AugmentSettings.off(), training=False,
                             subset=test_ids, **common)
     return train, held_out
-
-
-def training_augmentation(config: TrainConfig):
-    """The AugmentSettings of training batches: off, or --augment's settings over the defaults; and --erase."""
-    from affectvlm.data.augment import AugmentSettings
-
-    augment = AugmentSettings.off() if config.augment is None else AugmentSettings(**config.augment)
-    return replace(augment, erase=config.erase)
 
 
 def _digest(*parts) -> str:
