@@ -164,3 +164,50 @@ def test_a_batch_of_several_topologies_renders_each_mesh_as_alone(static_dataset
     assert plan.mixed.any()
     rows, views = (torch.from_numpy(plan.source[..., i]) for i in range(2))
     assert torch.equal(online.views([2, 1, 0], epoch=1, seed=2, plan=plan), together[rows, views])
+
+
+@pytest.fixture(scope="module")
+def registered_mesh_cache(static_dataset, tmp_path_factory):
+    return build_mesh_cache(static_dataset, tmp_path_factory.mktemp("registered") / "cache", pose="template").path
+
+
+def test_the_template_eyes_are_where_a_registered_face_has_its_eyes():
+    from affectvlm.data.face_template import template_eyes
+    from affectvlm.evaluate.robustness import generated_faces
+    from affectvlm.geometry.normalise import normalise
+
+    eyes = template_eyes()
+    for face in generated_faces(4, seed=11, levels=(4,))[::3]:
+        transform = normalise(face.mesh, pose="template").metadata["normalise_transform"]
+        landmarks = np.stack([face.landmarks["right_eye"], face.landmarks["left_eye"]])
+        registered = landmarks @ transform[:3, :3].T + transform[:3, 3]
+        # within half the hole's radius: the smallest hole cut there, moved as far as it goes, still covers the eye
+        assert np.linalg.norm(registered - eyes.centres, axis=1).max() < eyes.hole_radius / 2, face.subject
+
+
+def test_eye_holes_cut_the_eyes_of_the_drawn_training_faces_only(registered_mesh_cache):
+    ids = np.arange(50)
+    plain = OnlineViews(registered_mesh_cache, views="frontal", size=64, jitter=CameraJitter.none(), device="cpu")
+    holed = OnlineViews(registered_mesh_cache, views="frontal", size=64, jitter=CameraJitter.none(), device="cpu",
+                        eye_holes=0.5)
+    before, after = plain.views(ids, epoch=1, seed=2)[:, 0], holed.views(ids, epoch=1, seed=2)[:, 0]
+    assert torch.equal(holed.views(ids, epoch=1, seed=2, augment=False)[:, 0], before)  # evaluation: no holes
+    assert torch.equal(holed.views(ids, epoch=1, seed=2)[:, 0], after)                  # a pure function
+    face_before, face_after = before.amax(dim=1) > 0, after.amax(dim=1) > 0             # (B, H, W) face pixels
+    lost = face_before & ~face_after
+    changed = (before != after).flatten(1).any(dim=1)
+    assert 10 <= int(changed.sum()) <= 40                                                # about half of 50
+    assert not (face_after & ~face_before).any()                                        # holes only remove
+    for sample in np.flatnonzero(changed.numpy()):
+        rows, columns = np.nonzero(lost[sample].numpy())
+        assert (columns < 32).sum() > 5 and (columns >= 32).sum() > 5, "a hole at each eye"
+        assert rows.max() < 32, "above the middle of the image: the eyes, not the mouth"
+    later = holed.views(ids, epoch=2, seed=2)[:, 0]
+    assert not torch.equal((later != before).flatten(1).any(dim=1), changed)             # redrawn each epoch
+
+
+def test_eye_holes_need_faces_registered_to_the_template(mesh_cache, registered_mesh_cache):
+    with pytest.raises(ValueError, match="eye holes need faces registered to the template"):
+        OnlineViews(mesh_cache, size=32, device="cpu", eye_holes=0.5)
+    with pytest.raises(ValueError, match=r"eye holes: a probability in \[0, 1\]"):
+        OnlineViews(registered_mesh_cache, size=32, device="cpu", eye_holes=1.5)

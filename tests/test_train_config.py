@@ -1,4 +1,4 @@
-"""The training config's recorded command line: parsed again, it gives the same config."""
+"""The training config: its recorded command line parses back to it, and settings that cannot work are refused."""
 
 import argparse
 import random
@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from affectvlm.train.config import TrainConfig, add_arguments
+from affectvlm.train.config import TrainConfig, add_arguments, validate
 
 
 def parsed(command: str) -> TrainConfig:
@@ -26,6 +26,7 @@ def random_config(rng: random.Random) -> TrainConfig:
         "image_size": [None, rng.randint(16, 256)], "recipe": [None, "normal"], "pose": ["template", "none"],
         "source": ["cached", "online"],
         "jitter": [{}, {"yaw": rng.uniform(0, 20), "light": 5.0}], "augment": [None, {}, {"flip": 0.25, "crop_scale": [0.9, 1.0]}],
+        "eye_holes": [0.0, rng.uniform(0, 1)],
         "folds": [5, 3], "fold": [0, 1], "model": ["affect-tiny", "cfg.json"], "pretrained": [None, "w.pt"],
         "view_fusion": ["mean", "attention"], "prompts": [None, "p.json"], "prompt_bank": [None, "b.json"],
         "batch_size": [32, rng.randint(1, 64)], "epochs": [12, rng.randint(1, 40)], "max_steps": [None, 7],
@@ -58,3 +59,15 @@ def test_augment_settings_take_numbers_and_ranges_and_refuse_anything_else():
     for bad in ("flip", "flip=x", "crop_scale=0.1:0.2:0.3", "crop_scale=a:1"):
         with pytest.raises(ValueError, match="--augment: "):
             parsed(f"affectvlm train --augment {bad}")
+
+
+@pytest.mark.parametrize("command, message", [
+    ("--eye-holes 1.5 --source online --pose template", r"--eye-holes must be a probability in \[0, 1\]"),
+    ("--eye-holes 0.5 --pose template", "--eye-holes needs --source online and --pose template"),
+    ("--eye-holes 0.5 --source online", "--eye-holes needs --source online and --pose template"),
+])
+def test_bad_eye_hole_settings_are_one_line_errors(command, message):
+    with pytest.raises(ValueError, match=message) as error:
+        validate(parsed(f"affectvlm train {command}"))
+    assert "\n" not in str(error.value)
+    validate(parsed("affectvlm train --eye-holes 0.5 --source online --pose template"))

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 
 from affectvlm.data.face_rig import Identity
-from affectvlm.data.procedural_face import SHAPE_PARAMETERS, ProceduralFaceModel
+from affectvlm.data.procedural_face import SHAPE_PARAMETERS, Anatomy, ProceduralFaceModel
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.geometry.normalise import normalise
 from affectvlm.geometry.register import (TEMPLATE_FILE, FaceTemplate, nearest_neighbours, nearest_point_grid,
@@ -19,12 +22,35 @@ POINTS = 4000
 NEIGHBOURS = 8
 CELLS = 48
 HALF = 1.3  # the grid's cube reaches past the unit sphere, where turned or rescaled faces start
+EYE_HOLE_MM = 12.0  # radius of the hole a scanner leaves at an eye (the socket is about 20 mm wide)
+
+
+@dataclass(frozen=True)
+class TemplateEyes:
+    """Where the eyes of a face registered to the template lie, in the canonical frame."""
+
+    centres: np.ndarray  # (2, 3) float64: the subject's right eye, then the left
+    hole_radius: float  # EYE_HOLE_MM in canonical units
 
 
 def average_face() -> Mesh:
     model = ProceduralFaceModel()
-    neutral = model.rig(Identity(np.zeros(len(SHAPE_PARAMETERS)))).neutral
+    neutral = model.rig(_average_identity()).neutral
     return normalise(Mesh(neutral.astype(np.float32), model.faces), pose="none")  # the template defines the pose
+
+
+@functools.cache
+def template_eyes() -> TemplateEyes:
+    """The average face's eye centres and the eye-hole radius, in the canonical frame (the template's)."""
+    face = average_face()
+    vertices = ProceduralFaceModel().feature_vertices(Anatomy(_average_identity()))
+    scale = float(np.linalg.norm(face.metadata["normalise_transform"][:3, 0]))  # canonical units per mm
+    centres = face.vertices[[vertices["right_eye"], vertices["left_eye"]]].astype(np.float64)
+    return TemplateEyes(centres, EYE_HOLE_MM * scale)
+
+
+def _average_identity() -> Identity:
+    return Identity(np.zeros(len(SHAPE_PARAMETERS)))
 
 
 def build_template(points: int = POINTS, neighbours: int = NEIGHBOURS, cells: int = CELLS, half: float = HALF

@@ -48,7 +48,9 @@ import torch
 from affectvlm.data.augment import AugmentPlan, AugmentSettings, make_augmenter, plan_augmentation
 from affectvlm.data.cache import INDEX_FILE, CacheError
 from affectvlm.data.datasets import Sample
+from affectvlm.data.draws import uniform
 from affectvlm.data.emotions import EMOTIONS
+from affectvlm.data.face_template import template_eyes
 from affectvlm.data.mesh_cache import FORMAT as MESH_CACHE_FORMAT
 from affectvlm.data.mesh_cache import MeshCache
 from affectvlm.data.memory import empty
@@ -56,6 +58,7 @@ from affectvlm.data.sharding import EpochOrder
 from affectvlm.data.views import (DEFAULT_RECIPE, CameraJitter, check_recipe, jittered_cameras,
                                   render_augmented_views, render_model_views)
 from affectvlm.geometry.cameras import DEFAULT_VIEWS
+from affectvlm.geometry.mesh import faces_away_from
 from affectvlm.geometry.normalise import UNRECORDED_POSE
 
 # The CLIP image tower's normalisation (open_clip.constants.OPENAI_DATASET_MEAN / _STD).
@@ -150,11 +153,13 @@ class CachedViews:
 class OnlineViews:
     """Views rendered per batch from a mesh cache folder, with cameras and lights jittered by `jitter` in
     training (`augment=True`) and at the presets otherwise. `pose`, when given, is the pose normalisation the
-    caller expects the cache's meshes to have had."""
+    caller expects the cache's meshes to have had. `eye_holes`: the probability that a training face is drawn
+    with holes at both eyes, as scanners lose them (the template's eye positions, so only for meshes registered
+    to it; the radius 0.75-1.25 times 12 mm, the centres moved up to 0.15 of it)."""
 
     def __init__(self, mesh_cache_dir: str | Path, views=DEFAULT_VIEWS, size: int = 224, recipe: str = DEFAULT_RECIPE,
                  jitter: CameraJitter = CameraJitter(), device="auto", *, projection: str = "perspective",
-                 pose: str | None = None):
+                 pose: str | None = None, eye_holes: float = 0.0):
         self.meshes = MeshCache(mesh_cache_dir)
         self.samples, self.pose = self.meshes.samples, self.meshes.pose
         if pose is not None and pose != self.pose:
@@ -164,6 +169,12 @@ class OnlineViews:
         self.projection = projection
         self.device = resolve_device(device)
         jittered_cameras(self.view_names, jitter, 0, 0, [0], projection=projection)  # checks names and ranges
+        if not 0.0 <= eye_holes <= 1.0:
+            raise ValueError(f"eye holes: a probability in [0, 1], got {eye_holes}")
+        if eye_holes > 0 and self.pose != "template":
+            raise ValueError(f"eye holes need faces registered to the template (pose template); {self.meshes.path} "
+                             f"holds pose {self.pose}")
+        self.eye_holes = eye_holes
 
     def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
               plan: AugmentPlan | None = None) -> torch.Tensor:
@@ -172,9 +183,12 @@ class OnlineViews:
         augmenter (`plan.colour_only()`)."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
         meshes = [self.meshes.load(i) for i in sample_ids]
+        holes = self._eye_holes(sample_ids, epoch, seed) if augment else {}
+        meshes = [_without_holes(*mesh, *holes[i]) if i in holes else mesh
+                  for i, mesh in zip(sample_ids.tolist(), meshes)]
         jitter = self.jitter if augment else CameraJitter.none()
         cameras, light = jittered_cameras(self.view_names, jitter, seed, epoch, sample_ids, projection=self.projection)
-        if len({self.meshes.topology(i) for i in sample_ids}) == 1:
+        if not holes and len({self.meshes.topology(i) for i in sample_ids}) == 1:
             vertices = torch.from_numpy(np.stack([v for v, _ in meshes])).to(self.device)
             faces = torch.from_numpy(meshes[0][1]).to(self.device)
         else:
@@ -184,6 +198,22 @@ class OnlineViews:
             return render_augmented_views(vertices, faces, cameras, light, plan, self.image_size, self.recipe)
         return render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
                                   light.to(self.device))
+
+
+    def _eye_holes(self, sample_ids: np.ndarray, epoch: int, seed: int) -> dict:
+        """Sample id -> (hole centres (2, 3), radius) for the samples drawn to lose their eyes; the draws are a
+        pure function of (seed, epoch, sample)."""
+        if self.eye_holes == 0:
+            return {}
+        eyes = template_eyes()
+        draws = uniform("eye-holes", seed, epoch, sample_ids, 1, 4)[:, 0]
+        return {int(i): (eyes.centres + np.r_[x - 0.5, y - 0.5, 0.0] * 0.3 * eyes.hole_radius,
+                         eyes.hole_radius * (0.75 + 0.5 * size))
+                for i, (chosen, size, x, y) in zip(sample_ids, draws) if chosen < self.eye_holes}
+
+
+def _without_holes(vertices: np.ndarray, faces: np.ndarray, centres: np.ndarray, radius: float):
+    return vertices, np.ascontiguousarray(faces[faces_away_from(vertices, faces, centres, radius)])
 
 
 def open_views(path: str | Path, **options) -> CachedViews | OnlineViews:
@@ -295,7 +325,7 @@ class ViewPipeline:
                   "size": self.source.image_size, "recipe": self.source.recipe, "pose": self.source.pose}
         if isinstance(self.source, OnlineViews):
             source.update(path=str(self.source.meshes.path), jitter=self.source.jitter.as_dict(),
-                          projection=self.source.projection)
+                          projection=self.source.projection, eye_holes=self.source.eye_holes)
         else:
             source.update(path=str(self.source.path))
         return {"source": source, "batch_size": self.order.batch_size, "seed": self.seed,

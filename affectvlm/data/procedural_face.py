@@ -124,6 +124,13 @@ class ProceduralFaceModel:
         sex = str(rng.choice(["female", "male"]))
         return Identity(coefficients, sex=sex, age=int(rng.integers(18, 76)))
 
+    def feature_vertices(self, anatomy: Anatomy) -> dict[str, int]:
+        """The vertex nearest each eye centre and the mouth centre of `anatomy`: "right_eye", "left_eye", "mouth"
+        (the subject's right eye is on the viewer's left, u < 0)."""
+        anchors = {"right_eye": (-anatomy.eye_u, anatomy.eye_v), "left_eye": (anatomy.eye_u, anatomy.eye_v),
+                   "mouth": (0.0, anatomy.mouth_v)}
+        return {name: int(np.argmin((self.u - u) ** 2 + (self.v - v) ** 2)) for name, (u, v) in anchors.items()}
+
     def rig(self, identity: Identity) -> FaceRig:
         anatomy = Anatomy(identity)
         neutral = self._neutral(anatomy)

@@ -13,7 +13,7 @@ import torch
 
 from affectvlm.geometry.bnt import grid_triangles
 from affectvlm.geometry.cameras import orbit_cameras
-from affectvlm.geometry.mesh import Mesh
+from affectvlm.geometry.mesh import Mesh, faces_away_from
 from affectvlm.geometry.normalise import head_rotation, normalise
 from affectvlm.ops.raster import render_views
 
@@ -62,10 +62,7 @@ def reverse_winding(mesh: Mesh) -> Mesh:
 def cut_holes(mesh: Mesh, centres, radius: float) -> Mesh:
     """The faces whose centroid lies within `radius` of any of `centres` (K, 3) removed, as scanners lose the
     eyes and the inside of the mouth."""
-    centroids = mesh.vertices[mesh.faces].mean(axis=1)
-    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
-    distances = np.linalg.norm(centroids[:, None, :] - centres[None], axis=2)
-    return _kept_faces(mesh, (distances > radius).all(axis=1))
+    return _kept_faces(mesh, faces_away_from(mesh.vertices, mesh.faces, centres, radius))
 
 
 def crop_height(mesh: Mesh, low: float, high: float) -> Mesh:

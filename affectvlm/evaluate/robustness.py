@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from affectvlm.data.emotions import BASIC_EMOTIONS
+from affectvlm.data.face_template import EYE_HOLE_MM
 from affectvlm.evaluate import perturb
 from affectvlm.evaluate.metrics import classification_report
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.geometry.normalise import normalise
 
 ROBUSTNESS_SEED = 9001  # generator seed of the default faces: subjects no default training run generates
-EYE_HOLE_MM = 12.0  # radius of the hole at each eye (the socket is about 20 mm wide)
 MOUTH_HOLE_MM = 12.0  # radius of the hole at the mouth (the mouth is about 28 mm wide)
 STRUCTURED_LIGHT_MM = 0.3  # depth noise of a structured-light face scanner
 CONSUMER_DEPTH_MM = 1.5  # depth noise of a consumer depth camera at arm's length
@@ -52,10 +52,7 @@ def generated_faces(subjects: int, seed: int = ROBUSTNESS_SEED, levels=(3, 4),
     faces = []
     for index in range(subjects):
         identity, rng = subject_identity(model, seed, index)
-        anatomy = Anatomy(identity)
-        anchors = {"right_eye": (-anatomy.eye_u, anatomy.eye_v), "left_eye": (anatomy.eye_u, anatomy.eye_v),
-                   "mouth": (0.0, anatomy.mouth_v)}
-        nearest = {name: int(np.argmin((model.u - u) ** 2 + (model.v - v) ** 2)) for name, (u, v) in anchors.items()}
+        nearest = model.feature_vertices(Anatomy(identity))
         for emotion, level, vertices in static_faces(model, model.rig(identity), rng):
             if emotion in emotions and (level in levels or emotion == "neutral"):
                 faces.append(GeneratedFace(Mesh(vertices, model.faces), subject_name(index), emotion, level,

@@ -64,3 +64,12 @@ def checked_mesh(path: str | Path, vertices, faces, metadata: dict | None = None
     if not np.isfinite(vertices32).all():
         raise MeshError(path, "vertex coordinates too large for float32")
     return Mesh(np.ascontiguousarray(vertices32), np.ascontiguousarray(faces, dtype=np.int32), dict(metadata or {}))
+
+
+def faces_away_from(vertices: np.ndarray, faces: np.ndarray, centres, radius: float) -> np.ndarray:
+    """(F,) bool: the faces whose centroid lies further than `radius` from every one of `centres` (K, 3); the
+    others are what a scanner loses in a hole around each centre."""
+    centroids = vertices[faces].mean(axis=1, dtype=np.float64)
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    distances = np.linalg.norm(centroids[:, None, :] - centres[None], axis=2)
+    return (distances > radius).all(axis=1)

@@ -27,6 +27,9 @@ class TrainConfig:
     # (RESULTS.md, ablations).
     # A dict (maybe empty): mixed view augmentation, these AugmentSettings fields overriding its defaults.
     augment: dict | None = None
+    # Probability that a training face loses both eyes, as scans do (online views of registered faces only):
+    # registered models lean on the eyes as they render (RESULTS.md, "Holes at the eyes").
+    eye_holes: float = 0.0
     folds: int = 5  # subjects split into this many folds; fold `fold` is held out for evaluation
     fold: int = 0
     # model
@@ -157,6 +160,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--augment", nargs="?", const="", metavar="SETTINGS",
                       help="train with mixed view augmentation (off by default), optionally with settings overriding "
                            "its defaults, e.g. flip=0.5,rotation=10")
+    data.add_argument("--eye-holes", type=float, default=d.eye_holes, metavar="P",
+                      help="cut holes at both eyes of a training face with probability P, as scans lose the eyes "
+                           "(needs --source online and --pose template; default 0)")
     data.add_argument("--folds", type=_positive, default=d.folds,
                       help=f"subject folds; one is held out for evaluation (default {d.folds})")
     data.add_argument("--fold", type=int, default=d.fold, help="the held-out fold (default 0)")
@@ -206,5 +212,10 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("--folds must be at least 2 (one fold is held out)")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda, got '{config.device}'")
+    if not 0.0 <= config.eye_holes <= 1.0:
+        raise ValueError(f"--eye-holes must be a probability in [0, 1], got {config.eye_holes}")
+    if config.eye_holes > 0 and (config.source != "online" or config.pose != "template"):
+        raise ValueError("--eye-holes needs --source online and --pose template (the holes are cut in the meshes "
+                         "at the template's eyes)")
     if config.warmup < 0 or config.checkpoint_every < 0:
         raise ValueError("--warmup and --checkpoint-every must be at least 0")

@@ -304,7 +304,7 @@ def open_source(config: TrainConfig, runtime: Runtime, data: Path, image_size: i
         barrier(runtime)
     if is_views_cache(mesh_cache):
         return OnlineViews(mesh_cache, config.views, image_size, recipe, CameraJitter(**config.jitter), runtime.device,
-                           pose=config.pose)
+                           pose=config.pose, eye_holes=config.eye_holes)
     settings = RenderSettings(views=config.views, size=image_size, recipe=recipe, pose=config.pose)
     render_cache = cache_folder(config) / f"render-{_digest(data.resolve(), settings.as_dict())}"
     if runtime.is_main:
