@@ -199,7 +199,6 @@ class OnlineViews:
         return render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
                                   light.to(self.device))
 
-
     def _eye_holes(self, sample_ids: np.ndarray, epoch: int, seed: int) -> dict:
         """Sample id -> (hole centres (2, 3), radius) for the samples drawn to lose their eyes; the draws are a
         pure function of (seed, epoch, sample)."""

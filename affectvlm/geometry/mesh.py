@@ -69,7 +69,7 @@ def checked_mesh(path: str | Path, vertices, faces, metadata: dict | None = None
 def faces_away_from(vertices: np.ndarray, faces: np.ndarray, centres, radius: float) -> np.ndarray:
     """(F,) bool: the faces whose centroid lies further than `radius` from every one of `centres` (K, 3); the
     others are what a scanner loses in a hole around each centre."""
-    centroids = vertices[faces].mean(axis=1, dtype=np.float64)
+    centroids = vertices[faces].mean(axis=1)
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
     distances = np.linalg.norm(centroids[:, None, :] - centres[None], axis=2)
     return (distances > radius).all(axis=1)
