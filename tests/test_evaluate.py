@@ -134,6 +134,19 @@ def test_a_finished_fold_is_evaluated_not_trained_again(setup, kfold):
     assert "fold 1:" in result.stdout and "accuracy" in result.stdout
 
 
+def test_a_stored_fold_counts_as_the_same_training_only_when_it_is():
+    from affectvlm.evaluate.protocols import same_training
+    from affectvlm.train.config import TrainConfig
+
+    wanted = TrainConfig(epochs=3, seed=4).as_dict()
+    assert same_training(dict(wanted), wanted)
+    assert same_training({**wanted, "out": "elsewhere", "device": "cuda", "progress": False}, wanted)  # how, not what
+    assert not same_training({**wanted, "seed": 5}, wanted)
+    older = {key: value for key, value in wanted.items() if key != "eye_holes"}   # stored before the option existed
+    assert same_training(older, wanted)
+    assert not same_training(older, {**wanted, "eye_holes": 0.5})
+
+
 def test_evaluate_a_checkpoint_end_to_end(setup, kfold, tmp_path):
     checkpoint = kfold[0] / "fold-0" / "last.safetensors"
     held_out = set(kfold[1]["folds"][0]["test_subjects"])

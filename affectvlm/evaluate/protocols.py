@@ -104,13 +104,20 @@ def finished_checkpoint(config: TrainConfig) -> Path | None:
         info = load_checkpoint(path).info
     except CheckpointError:
         return None
-    stored, wanted = info["config"], config.as_dict()
-    if any(stored.get(key) != value for key, value in wanted.items() if key not in RUNNING_FIELDS):
+    if not same_training(info["config"], config.as_dict()):
         return None
     state = info["training"]
     finished = state["epoch"] >= config.epochs or (config.max_steps is not None
                                                    and state["global_step"] >= config.max_steps)
     return path if finished else None
+
+
+def same_training(stored: dict, wanted: dict) -> bool:
+    """Whether a stored fold's config trains what `wanted` asks for: every field but the RUNNING_FIELDS equal, a
+    field the stored config predates counting as its default (options are added with defaults that keep what
+    runs did before them)."""
+    default = TrainConfig().as_dict()
+    return all(stored.get(key, default[key]) == value for key, value in wanted.items() if key not in RUNNING_FIELDS)
 
 
 def train_fold(config: TrainConfig) -> Path:
