@@ -77,7 +77,7 @@ def rescan(mesh: Mesh, faces: int) -> Mesh:
     """The surface seen from the front (+z) sampled again on a regular grid, as a range scanner does, and
     triangulated afresh with about `faces` triangles: a new triangulation, not a subdivision of the old one.
     Parts hidden from the front are lost, as in a scan. Units and placement are kept."""
-    canonical = normalise(mesh, pose="none")  # the scanner sees the head as it is turned
+    canonical = normalise(mesh, pose="none", close_holes=False)  # the scanner sees the head as it is, holes too
     coverage = _front_depth(canonical, _COVERAGE_PROBE)[1].mean()
     side = max(8, int(round(np.sqrt(faces / (2 * max(coverage, 1e-3))))))
     depth, covered = _front_depth(canonical, side)

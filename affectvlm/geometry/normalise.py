@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from affectvlm.geometry.holes import fill_holes
 from affectvlm.geometry.mesh import Mesh
 from affectvlm.geometry.register import register
 
@@ -17,29 +18,33 @@ DEFAULT_POSE = "none"
 UNRECORDED_POSE = "none"  # what caches and checkpoints from before the choice existed, which name none, had
 
 
-def normalise(mesh: Mesh, pose: str = DEFAULT_POSE) -> Mesh:
-    """Centre the bounding box at the origin and scale so the farthest vertex lies at distance 1; with
+def normalise(mesh: Mesh, pose: str = DEFAULT_POSE, close_holes: bool = True) -> Mesh:
+    """Close the holes of a scan (`affectvlm.geometry.holes`: at the eyes, an open mouth; the outer rim stays
+    open), then centre the bounding box at the origin and scale so the farthest vertex lies at distance 1; with
     `pose="template"`, then also turn, scale and shift the face onto the template face
     (`affectvlm.geometry.register`), so that a face comes out in one pose and size however it was scanned.
 
     Triangles are first wound so that their normals point outward (away from the bounding box's centre, summed
     over the surface weighted by area): scans come wound either way, and the rendered normals and shading depend
     on it. The transform applied is stored as metadata `normalise_transform` (4 x 4, input to output
-    coordinates), with `normalise_rewound` (whether the winding was reversed) and, for the template pose,
+    coordinates), with `normalise_holes_closed` (how many holes were closed; the patches' vertices and faces
+    follow the mesh's own), `normalise_rewound` (whether the winding was reversed) and, for the template pose,
     `normalise_registered` (false when the fit failed and only the bounding box was used).
     """
     if pose not in POSES:
         raise ValueError(f"unknown pose normalisation '{pose}' (choose from {', '.join(POSES)})")
-    vertices = mesh.vertices.astype(np.float64)
-    rewound = _winds_inward(vertices, mesh.faces)
-    faces = np.ascontiguousarray(mesh.faces[:, [0, 2, 1]]) if rewound else mesh.faces
+    vertices, faces, holes_closed = fill_holes(mesh.vertices, mesh.faces) if close_holes else (
+        mesh.vertices, mesh.faces, 0)
+    vertices = vertices.astype(np.float64)
+    rewound = _winds_inward(vertices, faces)
+    faces = np.ascontiguousarray(faces[:, [0, 2, 1]]) if rewound else faces
     centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
     radius = np.linalg.norm(vertices - centre, axis=1).max()
     scale = 1.0 / radius if radius > 0 else 1.0
     vertices = (vertices - centre) * scale
     transform = np.diag([scale, scale, scale, 1.0])
     transform[:3, 3] = -scale * centre
-    metadata = {**mesh.metadata, "normalise_rewound": rewound}
+    metadata = {**mesh.metadata, "normalise_holes_closed": holes_closed, "normalise_rewound": rewound}
     if pose == "template":
         registration = register(vertices, faces)
         vertices = vertices @ (registration.scale * registration.rotation).T + registration.translation
