@@ -3,6 +3,7 @@
     python -m affectvlm.preview expressions docs/synthetic_expressions.png
     python -m affectvlm.preview views docs/render_views.png
     python -m affectvlm.preview augmentation docs/augmentation.png
+    python -m affectvlm.preview holes docs/holes.png
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch
 from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augmentation
 from affectvlm.data.emotions import EMOTIONS
 from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD
-from affectvlm.data.procedural_face import ProceduralFaceModel
+from affectvlm.data.procedural_face import Anatomy, ProceduralFaceModel
 from affectvlm.data.synthetic import expression_weights
+from affectvlm.data.face_template import EYE_HOLE_MM
 from affectvlm.data.views import CameraJitter, jittered_cameras, render_augmented_views, render_model_views
+from affectvlm.evaluate.perturb import cut_holes
 from affectvlm.geometry import Mesh, normalise
 from affectvlm.geometry.cameras import DEFAULT_VIEWS, orbit_cameras, view_cameras
 from affectvlm.ops.raster import render_views
@@ -104,12 +107,35 @@ def augmentation_grid(path: str | Path, seed: int = 3, emotion: str = "happiness
     return save_figure(figure, path, dpi)
 
 
+def holes_grid(path: str | Path, seed: int = 3, emotion: str = "surprise", size: int = 160, dpi: int = 60) -> Path:
+    """The frontal model view (default recipe as RGB) of a generated face: whole, with holes cut at the eyes and
+    the mouth as scanners lose them, and with those holes closed as `normalise` closes them."""
+    model = ProceduralFaceModel()
+    identity = model.random_identity(np.random.default_rng(seed))
+    whole = Mesh(model.rig(identity).pose(expression_weights(model, emotion, 4)).astype(np.float32), model.faces)
+    features = model.feature_vertices(Anatomy(identity))
+    holed = cut_holes(whole, [whole.vertices[features[name]] for name in ("right_eye", "left_eye", "mouth")],
+                      EYE_HOLE_MM)
+    panels = {"whole face": normalise(whole), "holes at the eyes and mouth": normalise(holed, close_holes=False),
+              "holes closed (normalise)": normalise(holed)}
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8))
+    for axis, (title, mesh) in zip(axes, panels.items()):
+        views = render_model_views(torch.from_numpy(mesh.vertices)[None], torch.from_numpy(mesh.faces),
+                                   orbit_cameras([(0.0, 0.0)]), size)
+        axis.imshow(np.clip(views[0, 0].permute(1, 2, 0).numpy(), 0, 1))
+        axis.set_title(title, fontsize=9)
+        axis.axis("off")
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=0.9, wspace=0.02)
+    return save_figure(figure, path, dpi)
+
+
 def _identity(seed: int):
     model = ProceduralFaceModel()
     return model, model.rig(model.random_identity(np.random.default_rng(seed)))
 
 
-PICTURES = {"expressions": expression_grid, "views": view_grid, "augmentation": augmentation_grid}
+PICTURES = {"expressions": expression_grid, "views": view_grid, "augmentation": augmentation_grid,
+            "holes": holes_grid}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from affectvlm.preview import augmentation_grid, expression_grid, main, view_grid
+from affectvlm.preview import augmentation_grid, expression_grid, holes_grid, main, view_grid
 
 
 def panels(image, count):
@@ -40,3 +40,13 @@ def test_augmentation_grid_shows_the_face_in_every_panel(tmp_path):
         for panel in panels(band, 3):
             grey = panel.mean(axis=-1)
             assert ((grey > 0.3) & (grey < 0.97)).mean() > 0.05  # a coloured face, not an empty panel
+
+
+def test_holes_grid_shows_the_face_in_every_panel_and_the_background_only_through_open_holes(tmp_path):
+    image = matplotlib.image.imread(holes_grid(tmp_path / "holes.png"))
+    whole, opened, closed = panels(image, 3)
+    for panel in (whole, opened, closed):
+        grey = panel.mean(axis=-1)
+        assert ((grey > 0.3) & (grey < 0.97)).mean() > 0.05
+    background = lambda panel: (panel.max(axis=-1) < 0.05).sum()  # the black behind the face
+    assert background(opened) > background(whole) + 200 and abs(background(closed) - background(whole)) < 50
