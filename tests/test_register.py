@@ -48,7 +48,7 @@ def test_turned_rescaled_and_moved_faces_come_out_where_the_faces_themselves_do(
     fit of a few faces trades a tenth of their scale for a shift), so one face in six may miss the 1%, none the
     10%."""
     rng = np.random.default_rng()
-    distances = []
+    distances, unregistered = [], []
     for _ in range(6):
         face = random_face(rng)
         moved = perturb.rigid_motion(face, rng.uniform(-20, 20, 3), offset=rng.uniform(-300, 300, 3))
@@ -56,9 +56,10 @@ def test_turned_rescaled_and_moved_faces_come_out_where_the_faces_themselves_do(
         reference, registered = normalise(face, pose="template"), normalise(moved, pose="template")
         assert reference.metadata["normalise_registered"] and registered.metadata["normalise_registered"]
         distances.append(mean_distance(registered, reference))
-        # Without registration the turn alone moves vertices about 20 times more than the 1%.
-        assert mean_distance(normalise(moved, pose="none"), normalise(face, pose="none")) > 0.05
+        unregistered.append(mean_distance(normalise(moved, pose="none"), normalise(face, pose="none")))
     assert sum(distance >= 0.01 for distance in distances) <= 1 and max(distances) < 0.1, distances
+    # Without registration the turn alone moves vertices about 20 times more than the 1% (less for a slight turn).
+    assert np.median(unregistered) > 0.05, unregistered
 
 
 def degrees_between(first: np.ndarray, second: np.ndarray) -> float:
