@@ -22,20 +22,21 @@ def sequence_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def view_cache(static_dataset, tmp_path_factory):
-    """The render cache of `static_dataset`: the default recipe, 3 views of 32^2, shards of 16 samples."""
+    """The render cache of `static_dataset`: the default recipe, 3 views of 32^2, shards of 16 samples, faces only
+    centred and scaled (pose none), as the tests that compare views with it draw them."""
     from affectvlm.data.cache import RenderSettings, render_dataset
 
     folder = tmp_path_factory.mktemp("view-cache") / "cache"
-    render_dataset(static_dataset, folder, RenderSettings(size=32), shard_size=16)
+    render_dataset(static_dataset, folder, RenderSettings(size=32, pose="none"), shard_size=16)
     return folder
 
 
 @pytest.fixture(scope="session")
 def mesh_cache(static_dataset, tmp_path_factory):
-    """The mesh cache of `static_dataset`."""
+    """The mesh cache of `static_dataset`, faces only centred and scaled (pose none)."""
     from affectvlm.data.mesh_cache import build_mesh_cache
 
-    return build_mesh_cache(static_dataset, tmp_path_factory.mktemp("mesh-cache") / "cache").path
+    return build_mesh_cache(static_dataset, tmp_path_factory.mktemp("mesh-cache") / "cache", pose="none").path
 
 
 # A checkpoint for the app's and the explanation's tests: a tiny model trained for two steps on `static_dataset`

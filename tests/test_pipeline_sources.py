@@ -24,7 +24,7 @@ def test_cached_views_are_the_model_views_of_each_sample(static_dataset, view_ca
     samples = index_dataset(static_dataset)
     for position, i in enumerate(ids):
         assert static_dataset / source.samples[i].path == samples[i].path
-        mesh = load_sample(samples[i])
+        mesh = load_sample(samples[i], source.pose)
         expected = render_model_views(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), view_cameras(), 32)
         assert torch.equal(views[position], expected[0].half().float())  # as stored, float16
 

@@ -58,7 +58,8 @@ def test_samples_load_in_the_canonical_frame_with_their_labels(tmp_path):
 
     generate_dataset(tmp_path, subjects=1, seed=8, file_format="wrl")
     sample = next(s for s in index_dataset(tmp_path) if s.emotion == "surprise" and s.intensity == 2)
-    mesh = load_sample(sample)
+    assert load_sample(sample).metadata["normalise_registered"]  # registered to the template by default
+    mesh = load_sample(sample, pose="none")
     assert np.isclose(np.linalg.norm(mesh.vertices, axis=1).max(), 1.0, atol=1e-5)
     low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
     assert np.allclose(low + high, 0, atol=1e-5)

@@ -256,9 +256,9 @@ def test_a_model_is_shown_faces_normalised_as_in_its_training(trained):
     from affectvlm.train.config import TrainConfig
 
     stored = load_checkpoint(trained[0] / "best.safetensors")
-    assert stored.info["data"]["source"]["pose"] == stored.info["config"]["pose"] == "none"
-    stored.info["data"]["source"]["pose"] = "template"
-    assert predictor_of(stored).pose == "template"
+    assert stored.info["data"]["source"]["pose"] == stored.info["config"]["pose"] == "template"  # the default
+    stored.info["data"]["source"]["pose"] = "none"
+    assert predictor_of(stored).pose == "none"
     # A checkpoint from before pose normalisation names none: its faces were only centred and scaled.
     del stored.info["data"]["source"]["pose"], stored.info["config"]["pose"]
     assert predictor_of(stored).pose == "none"

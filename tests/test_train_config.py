@@ -64,7 +64,7 @@ def test_augment_settings_take_numbers_and_ranges_and_refuse_anything_else():
 @pytest.mark.parametrize("command, message", [
     ("--eye-holes 1.5 --source online --pose template", r"--eye-holes must be a probability in \[0, 1\]"),
     ("--eye-holes 0.5 --pose template", "--eye-holes needs --source online and --pose template"),
-    ("--eye-holes 0.5 --source online", "--eye-holes needs --source online and --pose template"),
+    ("--eye-holes 0.5 --source online --pose none", "--eye-holes needs --source online and --pose template"),
 ])
 def test_bad_eye_hole_settings_are_one_line_errors(command, message):
     with pytest.raises(ValueError, match=message) as error:
