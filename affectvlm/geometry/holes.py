@@ -79,8 +79,8 @@ def _patch(boundary: np.ndarray, loop: np.ndarray, first_index: int) -> tuple[np
     outer, inner = index[:-1], index[1:]
     outer_next, inner_next = np.roll(outer, -1, axis=1), np.roll(inner, -1, axis=1)
     # loop[i] -> loop[i + 1] is an edge of a face of the mesh, so the patch runs it the other way round.
-    first_halves = np.stack([outer_next, outer, inner], axis=-1)[:, :, None]
-    second_halves = np.stack([outer_next, inner, inner_next], axis=-1)[:-1, :, None]  # the centre ring has no quads
+    first_halves = np.stack([outer_next, outer, inner], axis=-1)
+    second_halves = np.stack([outer_next, inner, inner_next], axis=-1)[:-1]  # the centre ring has no quads
     faces = np.concatenate([first_halves.reshape(-1, 3), second_halves.reshape(-1, 3)])
     new_vertices = np.concatenate([grid[1:rings].reshape(-1, 3), grid[rings, :1]])
     return new_vertices, faces
