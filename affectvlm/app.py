@@ -26,7 +26,8 @@ from affectvlm.app_inputs import (INTENSITIES, SYNTHETIC_EMOTIONS, UPLOAD_SUFFIX
                                   read_upload, synthetic_face, turned)
 from affectvlm.explain import DEFAULT_METHOD, METHODS, Explanation, explain, heat_map
 from affectvlm.geometry.mesh import Mesh
-from affectvlm.predict import DEMO_CHECKPOINT, STAGES, Inspection, Predictor, inspect_meshes, load_predictor
+from affectvlm.predict import (DEMO_CHECKPOINT, STAGES, Inspection, Predictor, describe_normalising, inspect_meshes,
+                               load_predictor)
 
 TOP_PROMPTS = 5
 EXPLANATION_LABELS = {"occlusion": "Occlusion: what the prediction needs",
@@ -187,6 +188,7 @@ def explained(predictor: Predictor, controls: Controls, mesh: Mesh, frame: int, 
 def show(predictor: Predictor, inspection: Inspection, controls: Controls) -> None:
     prediction = inspection.prediction
     st.subheader(f"{prediction.predicted} ({prediction.probabilities[prediction.predicted]:.1%})")
+    st.caption(f"Before rendering: {describe_normalising(prediction.normalised)}.")
     frame, shown = 0, prediction.probabilities
     if prediction.frames is not None:
         st.caption(f"4D sequence of {len(prediction.frames)} frames; the probabilities below are the sequence's.")

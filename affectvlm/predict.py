@@ -36,6 +36,9 @@ class Prediction:
     prompts: list[tuple[str, float]] = field(default_factory=list)  # best-matching prompts, cosine similarity
     frames: list[dict[str, float]] | None = None  # 4D sequences: per-frame probabilities, in frame order
     frame_files: list[str] | None = None
+    # What normalising did to the input: "holes_closed" (the most in any frame) and, for a model of registered
+    # faces, "registered" (false when a frame's fit failed and it was only centred and scaled).
+    normalised: dict | None = None
     error: str | None = None  # set when the input could not be read; nothing else is then
 
     def as_dict(self) -> dict:
@@ -163,7 +166,15 @@ def inspect_meshes(predictor: Predictor, name: str, meshes: list[Mesh], frame_fi
             result = _describe(predictor, name, sequence, top_prompts)
             result.frames = [_probabilities(predictor, row) for row in _classify(predictor, embeddings)]
             result.frame_files = list(frame_files)
+    result.normalised = _what_normalising_did(meshes)
     return Inspection(result, meshes, torch.cat(views).cpu(), seconds)
+
+
+def _what_normalising_did(meshes: list[Mesh]) -> dict:
+    done = {"holes_closed": max(mesh.metadata["normalise_holes_closed"] for mesh in meshes)}
+    if "normalise_registered" in meshes[0].metadata:
+        done["registered"] = all(mesh.metadata["normalise_registered"] for mesh in meshes)
+    return done
 
 
 @contextmanager
@@ -245,7 +256,17 @@ def format_prediction(result: Prediction) -> str:
     if result.frames is not None:
         per_frame = [max(frame, key=frame.get) for frame in result.frames]
         lines.append(f"  frames ({len(per_frame)}): " + " ".join(per_frame))
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {describe_normalising(result.normalised)}"])
+
+
+def describe_normalising(normalised: dict) -> str:
+    """One line on what normalising did to an input, for people."""
+    holes = normalised["holes_closed"]
+    parts = [f"{holes} hole{'s' if holes != 1 else ''} closed"]
+    if "registered" in normalised:
+        parts.append("registered to the template face" if normalised["registered"] else
+                     "registration to the template failed: only centred and scaled, expect a less reliable result")
+    return "; ".join(parts)
 
 
 def _one_line(error: Exception, path: Path) -> str:

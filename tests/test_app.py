@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from affectvlm.app_inputs import synthetic_face
 from affectvlm.geometry.io import save_mesh
 from affectvlm.geometry.mesh import Mesh
-from affectvlm.predict import DEMO_CHECKPOINT, STAGES, load_predictor, predict
+from affectvlm.predict import DEMO_CHECKPOINT, STAGES, describe_normalising, load_predictor, predict
 
 TIMEOUT = 120
 
@@ -123,6 +123,7 @@ def test_an_uploaded_mesh_shows_predicts_prediction(app_checkpoint, predictor, m
     app = upload(started(app_checkpoint), file_name, (mesh_files / file_name).read_bytes())
     expected, = predict(predictor, [mesh_files / file_name], top_prompts=5)
     assert_shows_prediction(app, expected)
+    assert f"Before rendering: {describe_normalising(expected.normalised)}." in [c.value for c in app.caption]
     prompts = app.table[1].value
     assert list(prompts["prompt"]) == [text for text, _ in expected.prompts]
     timings = app.table[2].value

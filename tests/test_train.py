@@ -225,6 +225,30 @@ def test_predict_reports_a_bad_mesh_and_goes_on(data, trained, tmp_path):
     assert text.returncode == 0 and text.stdout.startswith(f"{good}: ")
 
 
+def test_predict_says_what_normalising_did_to_a_scan_with_holes(data, trained, tmp_path):
+    import numpy as np
+
+    from affectvlm.data.procedural_face import Anatomy, ProceduralFaceModel
+    from affectvlm.evaluate.perturb import cut_holes
+    from affectvlm.geometry import Mesh, save_mesh
+    from affectvlm.predict import describe_normalising
+
+    model = ProceduralFaceModel()
+    identity = model.random_identity(np.random.default_rng(11))
+    face = Mesh(model.rig(identity).neutral.astype(np.float32), model.faces)
+    eyes = model.feature_vertices(Anatomy(identity))
+    holed = tmp_path / "holed.ply"
+    save_mesh(holed, cut_holes(face, [face.vertices[eyes["right_eye"]], face.vertices[eyes["left_eye"]]], 12.0))
+    whole = data / "faces" / "S002" / "S002_happiness_4.ply"
+    checkpoint = trained[0] / "best.safetensors"
+    predictions = json.loads(affectvlm_cli("predict", checkpoint, holed, whole, "--json").stdout)
+    assert [p["normalised"] for p in predictions] == [{"holes_closed": 2, "registered": True},
+                                                      {"holes_closed": 0, "registered": True}]
+    text = affectvlm_cli("predict", checkpoint, holed).stdout
+    assert "  2 holes closed; registered to the template face" in text.splitlines()
+    assert "registration to the template failed" in describe_normalising({"holes_closed": 1, "registered": False})
+
+
 def test_predict_renders_as_the_training_data_was_rendered(trained):
     import numpy as np
 
