@@ -16,10 +16,10 @@ import torch
 
 from affectvlm.data.augment import AugmentSettings, TorchAugmenter, plan_augmentation
 from affectvlm.data.emotions import EMOTIONS
+from affectvlm.data.face_template import EYE_HOLE_MM
 from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD
 from affectvlm.data.procedural_face import Anatomy, ProceduralFaceModel
 from affectvlm.data.synthetic import expression_weights
-from affectvlm.data.face_template import EYE_HOLE_MM
 from affectvlm.data.views import CameraJitter, jittered_cameras, render_augmented_views, render_model_views
 from affectvlm.evaluate.perturb import cut_holes
 from affectvlm.geometry import Mesh, normalise
