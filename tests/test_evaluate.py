@@ -145,6 +145,10 @@ def test_a_stored_fold_counts_as_the_same_training_only_when_it_is():
     older = {key: value for key, value in wanted.items() if key != "eye_holes"}   # stored before the option existed
     assert same_training(older, wanted)
     assert not same_training(older, {**wanted, "eye_holes": 0.5})
+    # Configs stored before pose normalisation existed were trained unregistered, whatever the default is now.
+    before_poses = {key: value for key, value in wanted.items() if key != "pose"}
+    assert wanted["pose"] == "template" and not same_training(before_poses, wanted)
+    assert same_training(before_poses, {**wanted, "pose": "none"})
 
 
 def test_evaluate_a_checkpoint_end_to_end(setup, kfold, tmp_path):

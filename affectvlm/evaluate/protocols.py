@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from affectvlm.evaluate.evaluation import Predictions, predict_samples, report_of
-from affectvlm.train.config import TrainConfig, validate
+from affectvlm.train.config import UNRECORDED, TrainConfig, validate
 
 PROTOCOLS = ("kfold", "bu3dfe")
 BU3DFE_FOLDER = "bu3dfe-protocol"
@@ -115,8 +115,8 @@ def finished_checkpoint(config: TrainConfig) -> Path | None:
 def same_training(stored: dict, wanted: dict) -> bool:
     """Whether a stored fold's config trains what `wanted` asks for: every field but the RUNNING_FIELDS equal, a
     field the stored config predates counting as its default (options are added with defaults that keep what
-    runs did before them)."""
-    default = TrainConfig().as_dict()
+    runs did before them; `UNRECORDED` where that default has changed since)."""
+    default = {**TrainConfig().as_dict(), **UNRECORDED}
     return all(stored.get(key, default[key]) == value for key, value in wanted.items() if key not in RUNNING_FIELDS)
 
 

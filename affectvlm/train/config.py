@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 from affectvlm.geometry.normalise import DEFAULT_POSE, POSES, UNRECORDED_POSE
 
 
+# What a config stored before an option existed had, for options whose default has changed since: pose
+# normalisation came with "none", the default then. Other missing fields had their defaults.
+UNRECORDED = {"pose": UNRECORDED_POSE}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
@@ -96,8 +101,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        """The config stored in a checkpoint; one from before pose normalisation had none."""
-        return cls(**{"pose": UNRECORDED_POSE, **data, "views": tuple(data["views"]),
+        """The config stored in a checkpoint; fields it predates as UNRECORDED says, or at their defaults."""
+        return cls(**{**UNRECORDED, **data, "views": tuple(data["views"]),
                       "loss_weights": tuple(data["loss_weights"])})
 
 
