@@ -312,6 +312,39 @@ def test_settings_round_trip_through_a_dict():
     assert settings.crop_scale == (0.6, 0.9)
 
 
+@pytest.mark.parametrize("settings", [AugmentSettings.off(), AugmentSettings(), AugmentSettings(mix=0.0, flip=0.0)],
+                         ids=["identity", "default", "no-mixing"])
+def test_torch_augmenter_writes_over_the_views_only_when_let(settings):
+    augmenter = augmenter_for("torch")
+    columns, pixels = batch(6, seed=10, size=12)
+    plan = plan_augmentation(settings, 3, 1, **columns)
+    original = pixels.clone()
+    for each in (plan, plan.colour_only()):
+        kept = augmenter(pixels, each)
+        assert torch.equal(pixels, original)  # the caller's views are untouched
+        given_up = pixels.clone()
+        overwritten = augmenter(given_up, each, overwrite=True)
+        assert torch.equal(overwritten, kept)
+        if each.keeps_sources() and each.keeps_geometry():  # nothing was gathered or warped into new memory
+            assert overwritten.data_ptr() == given_up.data_ptr()
+
+
+def test_gradients_flow_through_the_torch_augmenter():
+    """Explanations differentiate through it, so it never writes in place where gradients flow: its gradient is
+    that of the documented formula (b * (m + c * (x - m)) - mean) / std, m the view's mean."""
+    columns, pixels = batch(4, seed=11, size=10)
+    mean, std = (torch.tensor(values).view(3, 1, 1) for values in (MEAN, STD))
+    for plan in (plan_augmentation(AugmentSettings.off(), 0, 0, **columns),
+                 plan_augmentation(AugmentSettings(), 0, 0, **columns).colour_only()):
+        views, reference = pixels.clone().requires_grad_(), pixels.clone().requires_grad_()
+        augmenter_for("torch")(views, plan, overwrite=True).sum().backward()
+        b, c = (torch.from_numpy(values)[..., None, None, None] for values in (plan.brightness, plan.contrast))
+        m = reference.mean(dim=(2, 3, 4), keepdim=True)
+        ((b * (m + c * (reference - m)) - mean) / std).sum().backward()
+        assert views.grad is not None and views.grad.std() > 0
+        torch.testing.assert_close(views.grad, reference.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_dali_output_survives_the_next_batch():
     augmenter = augmenter_for("dali")
     columns, pixels = batch(4, seed=9, size=12)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from affectvlm.data.draws import uniform
+from affectvlm.data.memory import empty
 
 SWAPPED_BY_FLIP = {"left": "right", "right": "left"}
 
@@ -220,21 +221,35 @@ class TorchAugmenter:
     def __init__(self, mean, std):
         self.mean, self.std = _channel_constants(mean, std)
 
-    def __call__(self, views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+    def __call__(self, views: torch.Tensor, plan: AugmentPlan, overwrite: bool = False) -> torch.Tensor:
+        """The augmented, normalised views (B, K, 3, H, W) float32. overwrite: the caller lets go of `views`, so
+        the result may be written over them."""
         _check_views(views, plan)
-        mean = self.mean.to(views.device).view(1, 1, 3, 1, 1)
-        std = self.std.to(views.device).view(1, 1, 3, 1, 1)
-        if plan.is_identity():
-            return (views.to(torch.float32) - mean) / std
         batch, count, channels, height, width = views.shape
-        flat = _gather(views, plan)
-        flat = flat.to(torch.float32)
+        flat = _gather(views, plan).to(torch.float32)
         if not plan.keeps_geometry():
             theta = torch.from_numpy(plan.affine).to(views.device).reshape(-1, 2, 3)
             flat = F.grid_sample(flat, affine_grid(theta, height, width), mode="bilinear", padding_mode="zeros",
                                  align_corners=False)
-        scale, shift = self._colour_and_normalise(plan, flat)
-        return torch.addcmul(shift, flat, scale).view(batch, count, channels, height, width)
+        if plan.is_identity():
+            mean, std = (values.to(flat.device).view(1, 3, 1, 1) for values in (self.mean, self.std))
+            out = torch.sub(flat, mean, out=self._output(views, flat, overwrite)).div_(std)
+        else:
+            scale, shift = self._colour_and_normalise(plan, flat)
+            out = torch.addcmul(shift, flat, scale, out=self._output(views, flat, overwrite))
+        return out.view(batch, count, channels, height, width)
+
+    @staticmethod
+    def _output(views: torch.Tensor, flat: torch.Tensor, overwrite: bool) -> torch.Tensor | None:
+        """Where the result goes: over `flat` where it is this call's own (gathered, converted or warped) or the
+        caller's to lose; else into a buffer that is cheap to fill for the first time (affectvlm.data.memory: on a
+        CPU, faulting in a fresh batch-sized tensor costs more than the arithmetic). None (a new tensor) where
+        gradients flow through the views, as for explanations: autograd refuses out= arguments."""
+        if flat.requires_grad and torch.is_grad_enabled():
+            return None
+        if overwrite or flat.data_ptr() != views.data_ptr():
+            return flat
+        return empty(flat.shape, device=flat.device)
 
     def _colour_and_normalise(self, plan: AugmentPlan, flat: torch.Tensor):
         """Per view and channel, scale and shift with (b * (m + c * (x - m)) - mean) / std = scale * x + shift."""
@@ -298,7 +313,9 @@ class DaliAugmenter:
         self.num_threads = num_threads or max(1, torch.get_num_threads())
         self._pipelines = {}  # warps or not -> (pipeline, capacity in views)
 
-    def __call__(self, views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+    def __call__(self, views: torch.Tensor, plan: AugmentPlan, overwrite: bool = False) -> torch.Tensor:
+        """The augmented, normalised views (B, K, 3, H, W) float32, in DALI's own output buffer (`overwrite` is
+        accepted for the torch augmenter's interface and changes nothing)."""
         _check_views(views, plan)
         if views.device.type != self.device.type:
             raise ValueError(f"DaliAugmenter: views are on {views.device} but the pipeline runs on {self.device}")

@@ -310,7 +310,7 @@ class ViewPipeline:
     def _assemble(self, epoch: int, step: int, ids: np.ndarray, valid: np.ndarray, plan: AugmentPlan,
                   views: torch.Tensor) -> Batch:
         columns = {name: values[ids] for name, values in self._columns.items()}
-        images = self.augmenter(views, plan)
+        images = self.augmenter(views, plan, overwrite=True)  # the views were read for this batch alone
 
         def on_device(values: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(values).to(self.device)
