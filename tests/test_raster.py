@@ -19,9 +19,10 @@ from raster_scenes import (flat_cube, frontal_orthographic, grid_square, icosphe
 
 from affectvlm._ext import extension
 from affectvlm.geometry.cameras import Cameras, look_at, orbit_cameras, perspective, view_cameras
-from affectvlm.ops.raster import DEFAULT_CHANNELS, channel_layout, pack_meshes, render_views, vertex_normals
+from affectvlm.ops.raster import (CHANNEL_WIDTHS, DEFAULT_CHANNELS, channel_layout, pack_meshes, render_views,
+                                  vertex_normals)
 
-ALL_CHANNELS = ("depth", "normal", "shading", "mask", "attributes")
+ALL_CHANNELS = ("depth", "normal", "shading", "mask", "normal_rgb", "attributes")
 
 
 def render_both(vertices, faces, cameras, size, **options):
@@ -42,7 +43,7 @@ def raw_kernel_render(vertices, faces, cameras, size, channels, fill=float("nan"
     """`_C.render_views` on outputs prefilled with `fill` / a sentinel id, so unwritten elements show."""
     batch = pack_meshes(vertices, faces)
     clip, view = cameras.world_to_clip.float().contiguous(), cameras.world_to_view.float().contiguous()
-    num_channels = sum(3 if c == "normal" else 1 for c in channels)
+    num_channels = sum(CHANNEL_WIDTHS[c] for c in channels)
     shape = (batch.num_meshes, cameras.num_views)
     images = torch.full((*shape, num_channels, size, size), fill)
     ids = torch.full((*shape, size, size), -7, dtype=torch.int32)
@@ -84,7 +85,7 @@ def test_every_output_element_is_written():
     rng = np.random.default_rng(5)
     vertices, faces = random_mesh(rng, 50, 200)
     images, ids, bary = raw_kernel_render(vertices, faces, random_cameras(rng, 3), 37,
-                                          ["depth", "normal", "shading", "mask"])
+                                          ["depth", "normal", "shading", "mask", "normal_rgb"])
     assert not images.isnan().any() and not bary.isnan().any()
     assert not (ids == -7).any()
     assert (ids >= 0).any() and (ids == -1).any()
@@ -127,6 +128,34 @@ def test_cube_normals_are_its_side_normals_in_camera_space():
     seen_sides = set((ids[covered] // 2).tolist())
     assert seen_sides == {1, 3, 5}  # +x, +y, +z face the camera; their 6 triangles and no others
     assert (images[0, 0, 2][covered] > 0).all()  # camera-space normals point towards the camera
+
+
+def test_normal_rgb_is_the_normal_as_a_colour_with_a_black_background():
+    rng = np.random.default_rng(11)
+    vertices, faces = random_mesh(rng, 60, 200)
+    images = render_views(vertices, faces, random_cameras(rng, 3), 40, channels=("normal_rgb", "normal", "mask"))
+    colour, normal, mask = images[:, :, 0:3], images[:, :, 3:6], images[:, :, 6:7]
+    assert mask.any() and not mask.all()
+    torch.testing.assert_close(colour, (normal + 1) / 2 * mask, rtol=0, atol=1e-7)
+    assert colour.min() >= 0 and colour.max() <= 1
+
+
+def test_normals_given_replace_the_computed_ones():
+    rng = np.random.default_rng(12)
+    vertices, faces = random_mesh(rng, 40, 120)
+    cameras = random_cameras(rng, 2)
+    computed = render_views(vertices, faces, cameras, 32, channels=("normal", "shading"))
+    given = vertex_normals(pack_meshes(vertices, faces))
+    assert torch.equal(render_views(vertices, faces, cameras, 32, channels=("normal", "shading"), normals=given),
+                       computed)
+    flipped = render_views(vertices, faces, cameras, 32, channels=("normal",), normals=-given)
+    torch.testing.assert_close(flipped, -computed[:, :, 0:3], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"normals must hold 3 values for each of the 40 vertices, got shape \(40, 2\)"):
+        render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given[:, :2])
+    with pytest.raises(ValueError, match="normals contain NaN"):
+        render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given * float("nan"))
+    with pytest.raises(TypeError, match="normals must be a floating-point tensor"):
+        render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given.int())
 
 
 def test_perspective_correct_interpolation():

@@ -12,7 +12,7 @@ Image recipes (every channel in [0, 1], background 0):
   what a CLIP image tower was pretrained on;
 - "shading_depth_normal": shading, depth (nearest 1, farthest 0 per view) and (normal_z + 1) / 2: three
   different cues to the shape, of which only the shading changes with the light;
-- "normal": (normal_xyz + 1) / 2, the camera-space normal as a colour.
+- "normal": (normal_xyz + 1) / 2, the camera-space normal as a colour (the rasteriser's "normal_rgb" channel).
 DEFAULT_RECIPE is "normal", chosen on the main job (benchmarks/RESULTS.md, ablations, "Image channels over
 seeds"): held-out accuracy with seed 0 normal 76.3% (92.4% at intensities 3-4), shading_depth_normal 74.3%
 (88.9%), shading 43.3% (49.3%); with seed 1 normal 74.7% (88.2%), shading_depth_normal 49.7% (62.5%). Before
@@ -31,7 +31,7 @@ from affectvlm.data.augment import AugmentPlan
 from affectvlm.data.draws import uniform
 from affectvlm.data.memory import empty
 from affectvlm.geometry.cameras import Cameras, view_cameras
-from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, render_views
+from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, pack_meshes, render_views, vertex_normals
 
 IMAGE_RECIPES = {
     "shading": "shading, shading, shading",
@@ -41,9 +41,10 @@ IMAGE_RECIPES = {
 DEFAULT_RECIPE = "normal"
 AMBIENT = 0.15  # the rasteriser's default ambient term
 
-# What each recipe needs from the rasteriser (shading is computed from the normals, see the module docstring).
+# What each recipe needs from the rasteriser (shading is computed from the normals, see the module docstring;
+# the rasteriser draws the normal recipe itself).
 _RENDERED_CHANNELS = {"shading": ("normal", "mask"), "shading_depth_normal": ("depth", "normal", "mask"),
-                      "normal": ("normal", "mask")}
+                      "normal": ("normal_rgb",)}
 
 
 def check_recipe(recipe: str) -> str:
@@ -59,21 +60,20 @@ def default_light() -> torch.Tensor:
 
 
 def render_model_views(vertices, faces, cameras: Cameras, size, recipe: str = DEFAULT_RECIPE,
-                       light: torch.Tensor | None = None) -> torch.Tensor:
+                       light: torch.Tensor | None = None, normals=None) -> torch.Tensor:
     """The model's input images, float32 (B, K, 3, H, W) in [0, 1] on the vertices' device.
 
-    vertices, faces, cameras, size: as `affectvlm.ops.raster.render_views`. light: None for the default
+    vertices, faces, cameras, size, normals: as `affectvlm.ops.raster.render_views`. light: None for the default
     direction in every view, or a camera-space direction per mesh and view (B, K, 3)."""
     rendered = _RENDERED_CHANNELS[check_recipe(recipe)]
-    images = render_views(vertices, faces, cameras, size, rendered)
+    images = render_views(vertices, faces, cameras, size, rendered, normals=normals)
+    light = _per_view_light(light, images)  # checked whatever the recipe; only shading uses it
+    if recipe == "normal":
+        return images
     layout = channel_layout(rendered)
     normal, mask = images[:, :, layout["normal"]], images[:, :, layout["mask"]]
     # Written channel by channel into one output, in place: each pass over a batch is a pass over memory.
     out = empty((*images.shape[:2], 3, *images.shape[3:]), device=images.device)
-    light = _per_view_light(light, images)  # checked whatever the recipe; only shading uses it
-    if recipe == "normal":
-        torch.add(normal, 1.0, out=out)
-        return out.mul_(0.5).mul_(mask)
     _shade(normal, mask[:, :, 0], light, out=out[:, :, 0])
     if recipe == "shading":
         out[:, :, 1:].copy_(out[:, :, :1].expand(-1, -1, 2, -1, -1))
@@ -189,12 +189,21 @@ def render_augmented_views(vertices, faces, cameras: Cameras, light: torch.Tenso
     and light (B, K, 3) as `jittered_cameras` gives them."""
     drawn_cameras, drawn_light = augmented_cameras(cameras, light, plan)
     rows = plan.source[..., 0].reshape(-1)
+    # Each output view renders a copy of its source's mesh; the normals are computed once per source.
+    normals = vertex_normals(pack_meshes(vertices, faces))
     if isinstance(vertices, torch.Tensor):
-        vertices = vertices[torch.from_numpy(rows).to(vertices.device)]
+        taken = torch.from_numpy(rows).to(vertices.device)
+        vertices, normals = (_take_rows(values, taken) for values in (vertices, normals.view(vertices.shape)))
     else:
-        vertices, faces = [vertices[r] for r in rows], [faces[r] for r in rows]
-    views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light)
+        normals = normals.split([len(v) for v in vertices])
+        vertices, faces, normals = ([values[r] for r in rows] for values in (vertices, faces, normals))
+    views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light, normals)
     return views.view(*plan.shape, *views.shape[2:])
+
+
+def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """values[rows], copied into a buffer that is cheap to fill for the first time (affectvlm.data.memory)."""
+    return torch.index_select(values, 0, rows, out=empty((len(rows), *values.shape[1:]), values.dtype, values.device))
 
 
 def _clip_affine(affine: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ Channels, in the order asked for:
   nearest 1, farthest 0 (1 everywhere when the view is flat), background 0; the distance itself with
   normalise_depth=False;
 - "normal" (3): unit normal in camera space (+z towards the camera), interpolated from vertex normals;
+- "normal_rgb" (3): (normal + 1) / 2, the same normal as a colour in [0, 1];
 - "shading" (1): Lambertian, ambient + (1 - ambient) * max(0, normal . light), light in camera space;
 - "mask" (1): 1 where the mesh covers the pixel;
 - "attributes" (A): any per-vertex values (colour, curvature, ...) interpolated perspective-correctly.
@@ -40,6 +41,7 @@ def _kernel_channel_widths() -> dict[str, int | None]:
 CHANNEL_WIDTHS = _kernel_channel_widths()
 DEFAULT_CHANNELS = ("depth", "normal", "shading", "mask")
 DEFAULT_LIGHT = (0.3, 0.4, 1.0)
+NORMAL_CHANNELS = {"normal", "normal_rgb", "shading"}  # the channels interpolated from vertex normals
 BACKENDS = ("auto", "kernel", "reference")
 
 
@@ -70,7 +72,7 @@ class Fragments:
 
 
 def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
-                 attributes=None, light=DEFAULT_LIGHT, ambient: float = 0.15, normalise_depth: bool = True,
+                 attributes=None, normals=None, light=DEFAULT_LIGHT, ambient: float = 0.15, normalise_depth: bool = True,
                  cull_backfaces: bool = False,
                  return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
     """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
@@ -78,7 +80,9 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     vertices/faces: one mesh, B meshes of one topology or lists of meshes (see `pack_meshes`). cameras: K views
     for all meshes or per mesh (`affectvlm.geometry.cameras`). image_size: int or (height, width).
     channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
-    like vertices. light: direction towards the light in camera space. Front faces wind counter-clockwise as
+    like vertices. normals: the vertex normals that NORMAL_CHANNELS interpolate, laid out like
+    vertices; None computes them (`vertex_normals`), pass them to compute them once for several renders of the
+    same meshes. light: direction towards the light in camera space. Front faces wind counter-clockwise as
     seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
     (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
     reference where it is missing), "kernel" or "reference".
@@ -86,7 +90,7 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     batch = pack_meshes(vertices, faces)
     height, width = _image_size(image_size)
     world_to_clip, world_to_view = _camera_matrices(cameras, batch)
-    attributes = _check_attributes(attributes, batch) if attributes is not None else None
+    attributes = _per_vertex(attributes, batch, "attributes") if attributes is not None else None
     layout = channel_layout(channels, attributes.shape[1] if attributes is not None else 0)
     if "attributes" in layout and attributes is None:
         raise ValueError("the 'attributes' channel needs attributes=")
@@ -94,7 +98,14 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     if light.shape != (3,) or not torch.isfinite(light).all() or light.norm() == 0:
         raise ValueError(f"light must be a finite non-zero 3-vector, got {light.tolist()}")
     light = (light / light.norm()).tolist()
-    normals = vertex_normals(batch, backend) if {"normal", "shading"} & set(layout) else None
+    if not NORMAL_CHANNELS & set(layout):
+        normals = None
+    elif normals is None:
+        normals = vertex_normals(batch, backend)
+    else:
+        normals = _per_vertex(normals, batch, "normals", width=3)
+        if not _all_finite(normals):
+            raise ValueError("normals contain NaN or infinite values")
 
     options = dict(normalise_depth=normalise_depth, cull_backfaces=cull_backfaces, light=light,
                    ambient=float(ambient))
@@ -287,18 +298,21 @@ def _check_faces(faces: torch.Tensor, num_vertices: int, name: str, device: torc
     return faces.to(torch.int32).contiguous()
 
 
-def _check_attributes(attributes, batch: MeshBatch) -> torch.Tensor:
-    if isinstance(attributes, (list, tuple)):
-        attributes = torch.cat(list(attributes))
-    if not isinstance(attributes, torch.Tensor) or not attributes.is_floating_point():
-        raise TypeError("attributes must be a floating-point tensor (V, A), (B, V, A) or a list of (V_i, A)")
-    attributes = attributes.reshape(-1, attributes.shape[-1]) if attributes.ndim >= 2 else attributes
-    if attributes.ndim != 2 or attributes.shape[0] != batch.vertices.shape[0] or attributes.shape[1] == 0:
-        raise ValueError(f"attributes must hold A >= 1 values for each of the {batch.vertices.shape[0]} vertices, "
-                         f"got shape {tuple(attributes.shape)}")
-    if attributes.device != batch.vertices.device:
-        raise ValueError(f"attributes are on {attributes.device} but the vertices on {batch.vertices.device}")
-    return attributes.float().contiguous()
+def _per_vertex(values, batch: MeshBatch, name: str, width: int | None = None) -> torch.Tensor:
+    """Values laid out like the vertices, packed as the batch's vertices are: (NV, A) float32, A = width when given."""
+    a = "A" if width is None else str(width)
+    if isinstance(values, (list, tuple)):
+        values = torch.cat(list(values))
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (V, {a}), (B, V, {a}) or a list of (V_i, {a})")
+    values = values.reshape(-1, values.shape[-1]) if values.ndim >= 2 else values
+    if (values.ndim != 2 or values.shape[0] != batch.vertices.shape[0] or values.shape[1] == 0
+            or width not in (None, values.shape[1])):
+        raise ValueError(f"{name} must hold {a if width else 'A >= 1'} values for each of the "
+                         f"{batch.vertices.shape[0]} vertices, got shape {tuple(values.shape)}")
+    if values.device != batch.vertices.device:
+        raise ValueError(f"{name} are on {values.device} but the vertices on {batch.vertices.device}")
+    return values.float().contiguous()
 
 
 def _image_size(image_size) -> tuple[int, int]:

@@ -226,10 +226,11 @@ def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view
     """Fill images (B, K, C, H, W), triangle_ids (B, K, H, W) and optionally barycentrics (B, K, 3, H, W) as
     `_C.render_views` does."""
     num_meshes, num_views, _, height, width = images.shape
-    from affectvlm.ops.raster import channel_layout
+    from affectvlm.ops.raster import NORMAL_CHANNELS, channel_layout
 
     num_attributes = attributes.shape[1] if attributes is not None else 0
     layout = {name: planes.start for name, planes in channel_layout(channels, num_attributes).items()}
+    normals = normals if NORMAL_CHANNELS & layout.keys() else None
     images.zero_()
     triangle_ids.fill_(-1)
     if barycentrics is not None:
@@ -285,7 +286,7 @@ def _shade(out, layout, pixels, bary, corners, corner_depth, normals, attributes
            ambient) -> None:
     if "depth" in layout:
         out[layout["depth"], pixels] = _interpolate(bary, corner_depth)
-    if "normal" in layout or "shading" in layout:
+    if normals is not None:  # some channel needs them
         world = _interpolate(bary, normals[corners])
         rotation = world_to_view[:3, :3]
         camera = torch.stack([(r[0] * world[:, 0] + r[1] * world[:, 1]) + r[2] * world[:, 2] for r in rotation], 1)
@@ -294,6 +295,8 @@ def _shade(out, layout, pixels, bary, corners, corner_depth, normals, attributes
         camera = camera * scale[:, None]
         if "normal" in layout:
             out[layout["normal"]:layout["normal"] + 3, pixels] = camera.T
+        if "normal_rgb" in layout:
+            out[layout["normal_rgb"]:layout["normal_rgb"] + 3, pixels] = camera.T * 0.5 + 0.5
         if "shading" in layout:
             l = torch.tensor(light, dtype=torch.float32)
             lambert = (camera[:, 0] * l[0] + camera[:, 1] * l[1]) + camera[:, 2] * l[2]

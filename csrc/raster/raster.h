@@ -31,6 +31,7 @@ struct RasterParams {
   int depth_channel = -1;      // view-space distance, normalised per view (normalised_depth)
   bool normalise_depth = true;  // false leaves the distance itself
   int normal_channel = -1;     // unit camera-space normal interpolated from vertex normals
+  int normal_rgb_channel = -1;  // (normal + 1) / 2: the same normal as a colour in [0, 1]
   int shading_channel = -1;    // ambient + (1 - ambient) * max(0, normal . light)
   int mask_channel = -1;       // 1 where a triangle covers the pixel
   int attribute_channel = -1;  // interpolated per-vertex attributes
@@ -52,6 +53,7 @@ inline constexpr Channel kChannels[] = {
     {"normal", 3, &RasterParams::normal_channel},
     {"shading", 1, &RasterParams::shading_channel},
     {"mask", 1, &RasterParams::mask_channel},
+    {"normal_rgb", 3, &RasterParams::normal_rgb_channel},
     {"attributes", kPerAttribute, &RasterParams::attribute_channel},
 };
 

@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "raster/raster.h"
+#include "raster/raster_common.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -140,8 +141,8 @@ void render_views_binding(py::handle vertices_obj, py::handle faces_obj, py::han
     throw py::value_error("channels: 'attributes' needs an attributes array with at least one column");
   }
   const std::optional<ArrayView> normals = optional_view(normals_obj, "normals");
-  if (p.normal_channel >= 0 || p.shading_channel >= 0) {
-    if (!normals) throw py::value_error("normals are needed by the normal and shading channels");
+  if (shades_normals(p)) {
+    if (!normals) throw py::value_error("normals are needed by the normal, normal_rgb and shading channels");
     normals->require_dtype({DType::Float32}).require_shape({num_vertices, 3}).require_contiguous().require_device(device);
   }
 

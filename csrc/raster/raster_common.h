@@ -259,10 +259,15 @@ AFFECTVLM_HD void write_normal_and_shading(const RasterParams& p, float* channel
   if (p.normal_channel >= 0) {
     for (int a = 0; a < 3; ++a) channel[(p.normal_channel + a) * plane] = normal[a];
   }
+  if (p.normal_rgb_channel >= 0) {
+    for (int a = 0; a < 3; ++a) channel[(p.normal_rgb_channel + a) * plane] = normal[a] * 0.5f + 0.5f;
+  }
   if (p.shading_channel >= 0) channel[p.shading_channel * plane] = shading;
 }
 
-AFFECTVLM_HD bool shades_normals(const RasterParams& p) { return p.normal_channel >= 0 || p.shading_channel >= 0; }
+AFFECTVLM_HD bool shades_normals(const RasterParams& p) {
+  return p.normal_channel >= 0 || p.normal_rgb_channel >= 0 || p.shading_channel >= 0;
+}
 
 // Writes every channel of a pixel won by `triangle` of the image's mesh, whose corners are the packed vertices
 // `corner_vertex` seen as `corner_screen`, except the normal and shading channels; returns the perspective-
