@@ -45,14 +45,15 @@ def folders(tmp_path_factory):
     return root
 
 
-def pull_batches(benchmark, stream, rounds: int = 2):
-    """Time pulling BATCHES_PER_ROUND batches from an endless stream."""
+def pull_batches(benchmark, stream):
+    """Time pulling BATCHES_PER_ROUND batches from an endless stream, in 5 rounds (the machines this runs on are
+    shared VMs: with fewer, one slow round moves the median)."""
     benchmark.extra_info["samples"] = BATCH * BATCHES_PER_ROUND
-    benchmark.pedantic(lambda: [next(stream) for _ in range(BATCHES_PER_ROUND)], rounds=rounds, iterations=1,
+    benchmark.pedantic(lambda: [next(stream) for _ in range(BATCHES_PER_ROUND)], rounds=5, iterations=1,
                        warmup_rounds=1)
 
 
-def run_batches(benchmark, pipeline: ViewPipeline, rounds: int = 2):
+def run_batches(benchmark, pipeline: ViewPipeline):
     def synchronised():
         for epoch in itertools.count():
             for batch in pipeline.epoch(epoch):
@@ -60,7 +61,7 @@ def run_batches(benchmark, pipeline: ViewPipeline, rounds: int = 2):
                     torch.cuda.synchronize()
                 yield batch
 
-    pull_batches(benchmark, synchronised(), rounds)
+    pull_batches(benchmark, synchronised())
 
 
 # Each source with each augmentation backend and device; ids read like the RESULTS rows (cached_torch, ...).
@@ -72,22 +73,20 @@ BACKENDS = [
 ]
 
 
-def rounds_on(device: str) -> int:
-    return 5 if device == "cuda" else 2
 
 
 @pipeline_group
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_cached(benchmark, folders, backend, device):
     pipeline = ViewPipeline(CachedViews(folders / "views"), BATCH, backend=backend, device=device)
-    run_batches(benchmark, pipeline, rounds=rounds_on(device))
+    run_batches(benchmark, pipeline)
 
 
 @pipeline_group
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_online(benchmark, folders, backend, device):
     source = OnlineViews(folders / "meshes", size=SIZE, device=device)
-    run_batches(benchmark, ViewPipeline(source, BATCH, backend=backend, device=device), rounds=rounds_on(device))
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend=backend, device=device))
 
 
 class CachedSampleDataset(torch.utils.data.Dataset):
