@@ -150,7 +150,7 @@ def test_normals_given_replace_the_computed_ones():
                        computed)
     flipped = render_views(vertices, faces, cameras, 32, channels=("normal",), normals=-given)
     torch.testing.assert_close(flipped, -computed[:, :, 0:3], rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"normals must hold 3 values for each of the 40 vertices, got shape \(40, 2\)"):
+    with pytest.raises(ValueError, match=r"normals must hold 3 values for each of the 40 vertices, got shape \(40, 2"):
         render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given[:, :2])
     with pytest.raises(ValueError, match="normals contain NaN"):
         render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given * float("nan"))
