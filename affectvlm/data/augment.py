@@ -297,9 +297,9 @@ class DaliAugmenter:
     GPU of `device` ("cuda", "cuda:1").
 
     One pipeline sample is one view, laid out FHWC with the three channels as frames and C = 1, so a torch view
-    (3, H, W) enters without a transpose and one 2x3 matrix warps all its channels. The graph: external_source
-    (views and per-view parameters) -> warp_affine (bilinear, zeros outside) -> reductions.mean (the view's mean
-    for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
+    (3, H, W) enters without a copy. The graph: external_source (views and per-view parameters) -> warp_affine
+    (bilinear, zeros outside; on the view transposed to HWC and back, see _build) -> reductions.mean (the view's
+    mean for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
     normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
     mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel
     Python workers, so nothing is forked, before or after CUDA exists.
@@ -365,9 +365,15 @@ class DaliAugmenter:
                                             for name in ("scale", "shift_per_mean", "shift"))
             warped = views
             if warps:
+                # Warped as one HWC image rather than three one-channel frames: DALI's CPU warp then finds each
+                # source position once for all three channels, which more than pays for the two transposes
+                # (benchmarks/RESULTS.md, "Fewer passes over memory").
                 matrix = fn.external_source(name="matrix", dtype=types.FLOAT)
-                warped = fn.warp_affine(views, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
+                pixels = fn.transpose(fn.squeeze(views, axis_names="C"), perm=[1, 2, 0], output_layout="HWC")
+                pixels = fn.warp_affine(pixels, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
                                         device=where)
+                warped = fn.expand_dims(fn.transpose(pixels, perm=[2, 0, 1], output_layout="FHW"), axes=[3],
+                                        new_axis_names="C")
             view_mean = fn.reductions.mean(warped)
             # Argument inputs live on the CPU; the dynamic executor moves the GPU mean there.
             channel_shift = (view_mean.cpu() if on_gpu else view_mean) * shift_per_mean + shift
