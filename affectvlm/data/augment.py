@@ -299,10 +299,10 @@ class DaliAugmenter:
     One pipeline sample is one view, laid out FHWC with the three channels as frames and C = 1, so a torch view
     (3, H, W) enters without a copy. The graph: external_source (views and per-view parameters) -> warp_affine
     (bilinear, zeros outside; on the view transposed to HWC and back, see _build) -> reductions.mean (the view's
-    mean for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does the
-    normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
-    mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel
-    Python workers, so nothing is forked, before or after CUDA exists.
+    mean for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does
+    the normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
+    mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel Python
+    workers, so nothing is forked, before or after CUDA exists.
     """
 
     def __init__(self, mean, std, device="cpu", num_threads: int | None = None):
