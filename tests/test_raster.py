@@ -428,14 +428,14 @@ def test_cuda_writes_every_output_element_and_checks_faces():
     vertices, faces = random_mesh(rng, 50, 200)
     batch = pack_meshes(vertices.cuda(), faces.cuda())
     cameras = random_cameras(rng, 3).to("cuda")
-    images = torch.full((1, 3, 6, 40, 40), float("nan"), device="cuda")
+    images = torch.full((1, 3, 9, 40, 40), float("nan"), device="cuda")
     ids = torch.full((1, 3, 40, 40), -7, dtype=torch.int32, device="cuda")
     bary = torch.full((1, 3, 3, 40, 40), float("nan"), device="cuda")
     zbuffer = torch.empty((1, 3, 40, 40), dtype=torch.int64, device="cuda")
     extension().render_views(batch.vertices, batch.faces, batch.meshes, cameras.world_to_clip.float().contiguous(),
                              cameras.world_to_view.float().contiguous(), images, ids,
-                             channels=["depth", "normal", "shading", "mask"], normals=vertex_normals(batch),
-                             barycentrics=bary, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream)
+                             channels=["depth", "normal", "shading", "mask", "normal_rgb"],
+                             normals=vertex_normals(batch), barycentrics=bary, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert not images.isnan().any() and not bary.isnan().any() and not (ids == -7).any()
     with pytest.raises(ValueError, match="faces index vertex 50"):
