@@ -158,6 +158,20 @@ def test_normals_given_replace_the_computed_ones():
         render_views(vertices, faces, cameras, 32, channels=("normal",), normals=given.int())
 
 
+def test_the_reference_refuses_normal_channels_without_normals_as_the_kernel_does():
+    from affectvlm.ops.reference import render_views_reference
+
+    arguments = _direct_arguments()
+    for channels in (["normal_rgb"], ["mask", "shading"]):
+        with pytest.raises(ValueError, match="normals are needed by the normal, normal_rgb and shading channels"):
+            extension().render_views(**{**arguments, "channels": channels})
+        images = torch.zeros(1, 1, sum(CHANNEL_WIDTHS[c] for c in channels), 8, 8)
+        with pytest.raises(ValueError, match="normals are needed by the normal, normal_rgb and shading channels"):
+            render_views_reference(arguments["vertices"], arguments["faces"], arguments["meshes"],
+                                   arguments["world_to_clip"], arguments["world_to_view"], images,
+                                   torch.zeros(1, 1, 8, 8, dtype=torch.int32), channels=channels)
+
+
 def test_perspective_correct_interpolation():
     tilt = math.radians(50)
     rotation = torch.tensor([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)], [0, math.sin(tilt), math.cos(tilt)]])

@@ -230,7 +230,10 @@ def render_views_reference(vertices, faces, meshes, world_to_clip, world_to_view
 
     num_attributes = attributes.shape[1] if attributes is not None else 0
     layout = {name: planes.start for name, planes in channel_layout(channels, num_attributes).items()}
-    normals = normals if NORMAL_CHANNELS & layout.keys() else None
+    if not NORMAL_CHANNELS & layout.keys():
+        normals = None
+    elif normals is None:
+        raise ValueError("normals are needed by the normal, normal_rgb and shading channels")
     images.zero_()
     triangle_ids.fill_(-1)
     if barycentrics is not None:
