@@ -128,7 +128,9 @@ class CachedViews:
         path = self.path / shard["file"]
         shape = (shard["rows"], len(self.view_names), 3, self.image_size, self.image_size)
         try:
-            array = np.load(path, mmap_mode="r")
+            # Copy-on-write, so that torch can read its rows (`views`) without warning of a read-only array;
+            # nothing writes to them.
+            array = np.load(path, mmap_mode="c")
         except FileNotFoundError:
             raise CacheError(f"{path}: missing render cache shard; run affectvlm render again to finish it") from None
         except (OSError, ValueError, EOFError) as error:
@@ -141,12 +143,11 @@ class CachedViews:
     def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, K, 3, H, W) in [0, 1] on the CPU, converted to `dtype` as they are gathered (float16 keeps the
-        cache's bytes, e.g. for the copy to a GPU)."""
+        cache's bytes, e.g. for the copy to a GPU). torch converts: numpy's float16 conversion takes 4x as long."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
         out = empty((len(sample_ids), len(self.view_names), 3, self.image_size, self.image_size), dtype=dtype)
-        rows = out.numpy()
         for position, sample in enumerate(sample_ids):
-            rows[position] = self._shards[self._shard_of[sample]][self._row_of[sample]]
+            out[position].copy_(torch.from_numpy(self._shards[self._shard_of[sample]][self._row_of[sample]]))
         return out
 
 
