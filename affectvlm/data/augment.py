@@ -245,7 +245,7 @@ class TorchAugmenter:
         caller's to lose; else into a buffer that is cheap to fill for the first time (affectvlm.data.memory: on a
         CPU, faulting in a fresh batch-sized tensor costs more than the arithmetic). None (a new tensor) where
         gradients flow through the views, as for explanations: autograd refuses out= arguments."""
-        if flat.requires_grad and torch.is_grad_enabled():
+        if _differentiated(flat):
             return None
         if overwrite or flat.data_ptr() != views.data_ptr():
             return flat
@@ -269,7 +269,8 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     rows = (2 * torch.arange(height, dtype=theta.dtype, device=theta.device) + 1) / height - 1
     along_columns = columns.view(1, -1, 1) * theta[:, None, :, 0]                          # (N, W, 2)
     along_rows = rows.view(1, -1, 1) * theta[:, None, :, 1] + theta[:, None, :, 2]          # (N, H, 2)
-    return along_rows[:, :, None, :] + along_columns[:, None, :, :]
+    grid = empty((len(theta), height, width, 2), dtype=theta.dtype, device=theta.device)
+    return torch.add(along_rows[:, :, None, :], along_columns[:, None, :, :], out=grid)
 
 
 def _channel_constants(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,8 +407,15 @@ def _gather(views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
     flat = views.reshape(batch * count, *views.shape[2:])
     if plan.keeps_sources():
         return flat
-    index = plan.source[..., 0] * count + plan.source[..., 1]
-    return flat.index_select(0, torch.from_numpy(index.reshape(-1)).to(views.device))
+    index = torch.from_numpy((plan.source[..., 0] * count + plan.source[..., 1]).reshape(-1)).to(views.device)
+    if _differentiated(flat):
+        return flat.index_select(0, index)
+    return torch.index_select(flat, 0, index, out=empty(flat.shape, dtype=flat.dtype, device=flat.device))
+
+
+def _differentiated(tensor: torch.Tensor) -> bool:
+    """Whether autograd records operations on `tensor` (as for the app's explanations): it refuses out= then."""
+    return tensor.requires_grad and torch.is_grad_enabled()
 
 
 def make_augmenter(mean, std, backend: str = "auto", device="cpu"):
