@@ -10,7 +10,8 @@ Group `pipeline-64x3-224`:
 - `dataloader_torchvision_v2`: the peer, a plain torch DataLoader (2 worker processes, the machine's cores)
   over the same memory-mapped render cache, one sample per __getitem__, with torchvision v2 transforms per view
   (RandomResizedCrop, RandomRotation, ColorJitter, Normalize; the flip per sample, swapping left and right);
-  no view mixing.
+  no view mixing. Two cases: `[nearest]` rotates with torchvision's default interpolation, `[bilinear]` as the
+  package's augmenters do (they sample crop and rotation bilinearly, in one warp).
 Group `mesh-load`: `MeshCache.load` of one mesh against reading the same mesh from its PLY file (`load_sample`).
 On a GPU (`cuda`) the DALI pipeline and the online renderer run there too.
 
@@ -92,12 +93,13 @@ def test_online(benchmark, folders, backend, device):
 class CachedSampleDataset(torch.utils.data.Dataset):
     """One sample per item from the memory-mapped render cache, transformed view by view with torchvision v2."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, rotation: v2.InterpolationMode):
         self.folder = folder
         self.source = None  # opened in each worker, so no memory map crosses a fork
         self.flip = v2.RandomHorizontalFlip(p=1.0)
         self.per_view = v2.Compose([v2.RandomResizedCrop(SIZE, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=False),
-                                    v2.RandomRotation(10.0), v2.ColorJitter(brightness=0.2, contrast=0.2),
+                                    v2.RandomRotation(10.0, interpolation=rotation),
+                                    v2.ColorJitter(brightness=0.2, contrast=0.2),
                                     v2.Normalize(OPENAI_MEAN, OPENAI_STD)])
         self.labels = [sample.emotion for sample in CachedViews(folder).samples]
 
@@ -114,9 +116,11 @@ class CachedSampleDataset(torch.utils.data.Dataset):
 
 
 @pipeline_group
-def test_dataloader_torchvision_v2(benchmark, folders):
-    loader = torch.utils.data.DataLoader(CachedSampleDataset(folders / "views"), batch_size=BATCH, shuffle=True,
-                                         num_workers=2, persistent_workers=True, drop_last=True)
+@pytest.mark.parametrize("rotation", [v2.InterpolationMode.NEAREST, v2.InterpolationMode.BILINEAR],
+                         ids=["nearest", "bilinear"])
+def test_dataloader_torchvision_v2(benchmark, folders, rotation):
+    loader = torch.utils.data.DataLoader(CachedSampleDataset(folders / "views", rotation), batch_size=BATCH,
+                                         shuffle=True, num_workers=2, persistent_workers=True, drop_last=True)
     pull_batches(benchmark, itertools.chain.from_iterable(itertools.repeat(loader)))
 
 
