@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from affectvlm.data.draws import uniform
-from affectvlm.data.memory import empty
+from affectvlm.data.memory import empty, take_rows
 
 SWAPPED_BY_FLIP = {"left": "right", "right": "left"}
 
@@ -408,9 +408,7 @@ def _gather(views: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
     if plan.keeps_sources():
         return flat
     index = torch.from_numpy((plan.source[..., 0] * count + plan.source[..., 1]).reshape(-1)).to(views.device)
-    if _differentiated(flat):
-        return flat.index_select(0, index)
-    return torch.index_select(flat, 0, index, out=empty(flat.shape, dtype=flat.dtype, device=flat.device))
+    return flat.index_select(0, index) if _differentiated(flat) else take_rows(flat, index)
 
 
 def _differentiated(tensor: torch.Tensor) -> bool:

@@ -28,3 +28,8 @@ def empty(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
         if end > begin:
             _LIBC.madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), _MADV_HUGEPAGE)
     return tensor
+
+
+def take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """values[rows], copied into a buffer from `empty`."""
+    return torch.index_select(values, 0, rows, out=empty((len(rows), *values.shape[1:]), values.dtype, values.device))

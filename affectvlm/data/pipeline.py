@@ -143,7 +143,7 @@ class CachedViews:
     def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, K, 3, H, W) in [0, 1] on the CPU, converted to `dtype` as they are gathered (float16 keeps the
-        cache's bytes, e.g. for the copy to a GPU). torch converts: numpy's float16 conversion takes 4x as long."""
+        cache's bytes, e.g. for the copy to a GPU). torch converts: numpy's float16 conversion takes 5x as long."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
         out = empty((len(sample_ids), len(self.view_names), 3, self.image_size, self.image_size), dtype=dtype)
         for position, sample in enumerate(sample_ids):

@@ -29,7 +29,7 @@ import torch
 
 from affectvlm.data.augment import AugmentPlan
 from affectvlm.data.draws import uniform
-from affectvlm.data.memory import empty
+from affectvlm.data.memory import empty, take_rows
 from affectvlm.geometry.cameras import Cameras, view_cameras
 from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, pack_meshes, render_views, vertex_normals
 
@@ -193,17 +193,12 @@ def render_augmented_views(vertices, faces, cameras: Cameras, light: torch.Tenso
     normals = vertex_normals(pack_meshes(vertices, faces))
     if isinstance(vertices, torch.Tensor):
         taken = torch.from_numpy(rows).to(vertices.device)
-        vertices, normals = (_take_rows(values, taken) for values in (vertices, normals.view(vertices.shape)))
+        vertices, normals = (take_rows(values, taken) for values in (vertices, normals.view(vertices.shape)))
     else:
         normals = normals.split([len(v) for v in vertices])
         vertices, faces, normals = ([values[r] for r in rows] for values in (vertices, faces, normals))
     views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light, normals)
     return views.view(*plan.shape, *views.shape[2:])
-
-
-def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """values[rows], copied into a buffer that is cheap to fill for the first time (affectvlm.data.memory)."""
-    return torch.index_select(values, 0, rows, out=empty((len(rows), *values.shape[1:]), values.dtype, values.device))
 
 
 def _clip_affine(affine: torch.Tensor) -> torch.Tensor:
