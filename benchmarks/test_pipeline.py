@@ -74,8 +74,6 @@ BACKENDS = [
 ]
 
 
-
-
 @pipeline_group
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_cached(benchmark, folders, backend, device):

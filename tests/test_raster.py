@@ -449,7 +449,8 @@ def test_cuda_writes_every_output_element_and_checks_faces():
     extension().render_views(batch.vertices, batch.faces, batch.meshes, cameras.world_to_clip.float().contiguous(),
                              cameras.world_to_view.float().contiguous(), images, ids,
                              channels=["depth", "normal", "shading", "mask", "normal_rgb"],
-                             normals=vertex_normals(batch), barycentrics=bary, zbuffer=zbuffer, stream=torch.cuda.current_stream().cuda_stream)
+                             normals=vertex_normals(batch), barycentrics=bary, zbuffer=zbuffer,
+                             stream=torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert not images.isnan().any() and not bary.isnan().any() and not (ids == -7).any()
     with pytest.raises(ValueError, match="faces index vertex 50"):

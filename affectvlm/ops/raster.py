@@ -81,8 +81,9 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     for all meshes or per mesh (`affectvlm.geometry.cameras`). image_size: int or (height, width).
     channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
     like vertices. normals: the vertex normals that NORMAL_CHANNELS interpolate, laid out like vertices; None
-    computes them (`vertex_normals`); pass them to compute them once for several renders of the same meshes. light: direction towards the light in camera space. Front faces wind counter-clockwise as
-    seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
+    computes them (`vertex_normals`); pass them to compute them once for several renders of the same meshes.
+    light: direction towards the light in camera space. Front faces wind counter-clockwise as seen by the
+    camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
     (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
     reference where it is missing), "kernel" or "reference".
     """
