@@ -39,7 +39,7 @@ def test_frames_of_one_topology_store_their_faces_once(sequence_dataset, sequenc
 
 @pytest.fixture
 def mixed_topologies(static_dataset, tmp_path):
-    """Five meshes: four of the generator's topology, one with a fifth of its faces dropped."""
+    """Five meshes: four of the generator's topology, one with a fifth of its faces and the vertices they use."""
     folder = tmp_path / "mixed"
     folder.mkdir()
     samples = []
@@ -48,7 +48,8 @@ def mixed_topologies(static_dataset, tmp_path):
         shutil.copy(sample.path, path)
         if i == 2:
             mesh = load_sample(sample)
-            save_mesh(path, Mesh(mesh.vertices, mesh.faces[::5].copy()))
+            used, faces = np.unique(mesh.faces[::5], return_inverse=True)
+            save_mesh(path, Mesh(mesh.vertices[used], faces.reshape(-1, 3).astype(np.int32)))
         samples.append(Sample(path, sample.subject, sample.emotion, sample.intensity))
     write_labels(folder, samples)
     return folder
@@ -65,6 +66,12 @@ def test_meshes_of_several_topologies_across_several_shards(mixed_topologies, tm
         mesh = load_sample(sample)
         np.testing.assert_array_equal(vertices, mesh.vertices)
         np.testing.assert_array_equal(faces, mesh.faces)
+
+    batch = [4, 0, 3, 0]  # across shards, a sample twice, out of order
+    gathered = reopened.vertices(batch, out=np.full((4, *reopened.load(0)[0].shape), np.nan, dtype=np.float32))
+    np.testing.assert_array_equal(gathered, np.stack([reopened.load(i)[0] for i in batch]))
+    with pytest.raises(ValueError, match="2 different vertex counts"):
+        reopened.vertices([0, 2])
 
 
 def test_building_again_opens_the_same_cache_and_refuses_other_data(sequence_dataset, static_dataset, tmp_path):
@@ -110,7 +117,8 @@ def test_corrupt_values_are_named_when_the_mesh_loads(copied_cache):
     vertices[5] = np.nan
     np.save(vertices_path, vertices)
     cache = MeshCache(copied_cache)
-    one_line_error(lambda: cache.load(0), names=vertices_path)
+    assert "sample 0 has NaN" in one_line_error(lambda: cache.load(0), names=vertices_path)
+    assert "sample 0 has NaN" in one_line_error(lambda: cache.vertices([1, 0]), names=vertices_path)
     cache.load(1)  # the others still load
 
     faces = np.load(faces_path)

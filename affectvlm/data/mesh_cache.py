@@ -10,7 +10,8 @@ views source reads every mesh once per epoch, so the meshes are converted once i
   topology).
 Shards are written to temporary files and renamed, and the index last, so a folder with an index is complete.
 Opening the cache maps every shard and checks its shape against the index; loading a mesh is two slices and a
-copy (microseconds). Damage shows as a one-line `MeshCacheError` naming the file.
+copy (microseconds), and the vertices of a batch of one vertex count are copied straight into the batch's
+buffer (`vertices`). Damage shows as a one-line `MeshCacheError` naming the file.
 """
 
 from __future__ import annotations
@@ -178,23 +179,40 @@ class MeshCache:
         """The topology id of sample i: samples with the same id have the same faces."""
         return int(self._entries[i, 3])
 
+    def vertex_count(self, i: int) -> int:
+        return int(self._entries[i, 2])
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample i's mesh in the canonical frame: vertices float32 (V, 3) and faces int32 (F, 3)."""
-        shard, start, count, topology = self._entries[i]
-        vertex_file = self._vertex_shards[shard]
-        vertices = np.array(vertex_file[start:start + count])
-        faces = self.faces(topology)
-        if not np.isfinite(vertices).all():
-            raise MeshCacheError(f"{self.path / self.index['vertex_shards'][shard]['file']}: sample {i} has "
-                                 f"NaN or infinite vertices (corrupt mesh cache)")
-        if topology not in self._checked_topologies:
-            self._check_faces(topology, faces)
-        return vertices, faces
+        topology = self.topology(i)
+        return self.vertices([i])[0], self.faces(topology)
+
+    def vertices(self, sample_ids, out: np.ndarray | None = None) -> np.ndarray:
+        """The vertices float32 (B, V, 3) of samples that all have V vertices (e.g. frames of one topology),
+        copied into `out` when given (a batch's buffer) or into a new array."""
+        sample_ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
+        entries = self._entries[sample_ids]
+        counts = np.unique(entries[:, 2])
+        if len(counts) != 1:
+            raise ValueError(f"MeshCache.vertices: the samples have {len(counts)} different vertex counts")
+        if out is None:
+            out = np.empty((len(sample_ids), counts[0], 3), dtype=np.float32)
+        for position, (shard, start, count, _) in enumerate(entries):
+            out[position] = self._vertex_shards[shard][start:start + count]
+        if not np.isfinite(out).all():
+            first = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
+            shard_file = self.index["vertex_shards"][entries[first, 0]]["file"]
+            raise MeshCacheError(f"{self.path / shard_file}: sample {sample_ids[first]} has NaN or infinite "
+                                 "vertices (corrupt mesh cache)")
+        return out
 
     def faces(self, topology: int) -> np.ndarray:
         """The faces int32 (F, 3) of a topology (see `topology`)."""
         shard, start, count = self._topologies[topology]
-        return np.array(self._face_shards[shard][start:start + count])
+        faces = np.array(self._face_shards[shard][start:start + count])
+        if topology not in self._checked_topologies:
+            self._check_faces(topology, faces)
+        return faces
 
     def _check_faces(self, topology: int, faces: np.ndarray) -> None:
         users = self._entries[self._entries[:, 3] == topology, 2]

@@ -176,6 +176,7 @@ class OnlineViews:
             raise ValueError(f"eye holes need faces registered to the template (pose template); {self.meshes.path} "
                              f"holds pose {self.pose}")
         self.eye_holes = eye_holes
+        self._faces_on_device: tuple[int | None, torch.Tensor | None] = (None, None)
 
     def views(self, sample_ids, epoch: int = 0, seed: int = 0, augment: bool = True,
               plan: AugmentPlan | None = None) -> torch.Tensor:
@@ -183,22 +184,32 @@ class OnlineViews:
         rotations and crops are drawn by the renderer (`render_augmented_views`); its colour is left to an
         augmenter (`plan.colour_only()`)."""
         sample_ids = np.asarray(sample_ids, dtype=np.int64)
-        meshes = [self.meshes.load(i) for i in sample_ids]
         holes = self._eye_holes(sample_ids, epoch, seed) if augment else {}
-        meshes = [_without_holes(*mesh, *holes[i]) if i in holes else mesh
-                  for i, mesh in zip(sample_ids.tolist(), meshes)]
-        jitter = self.jitter if augment else CameraJitter.none()
-        cameras, light = jittered_cameras(self.view_names, jitter, seed, epoch, sample_ids, projection=self.projection)
-        if not holes and len({self.meshes.topology(i) for i in sample_ids}) == 1:
-            vertices = torch.from_numpy(np.stack([v for v, _ in meshes])).to(self.device)
-            faces = torch.from_numpy(meshes[0][1]).to(self.device)
+        topologies = {self.meshes.topology(i) for i in sample_ids}
+        if not holes and len(topologies) == 1:
+            vertices, faces = self._stacked_meshes(sample_ids, topologies.pop())
         else:
+            meshes = [self.meshes.load(i) for i in sample_ids]
+            meshes = [_without_holes(*mesh, *holes[i]) if i in holes else mesh
+                      for i, mesh in zip(sample_ids.tolist(), meshes)]
             vertices = [torch.from_numpy(v).to(self.device) for v, _ in meshes]
             faces = [torch.from_numpy(f).to(self.device) for _, f in meshes]
+        jitter = self.jitter if augment else CameraJitter.none()
+        cameras, light = jittered_cameras(self.view_names, jitter, seed, epoch, sample_ids, projection=self.projection)
         if plan is not None and not (plan.keeps_sources() and plan.keeps_geometry()):
             return render_augmented_views(vertices, faces, cameras, light, plan, self.image_size, self.recipe)
         return render_model_views(vertices, faces, cameras.to(self.device), self.image_size, self.recipe,
                                   light.to(self.device))
+
+    def _stacked_meshes(self, sample_ids: np.ndarray, topology: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertices (B, V, 3) of samples of one topology, copied from the mesh cache into one batch buffer, and
+        their faces; on the source's device. The faces of the last topology stay there for the next batch."""
+        if self._faces_on_device[0] != topology:
+            self._faces_on_device = (topology, torch.from_numpy(self.meshes.faces(topology)).to(self.device))
+        num_vertices = self.meshes.vertex_count(sample_ids[0])
+        vertices = empty((len(sample_ids), num_vertices, 3))
+        self.meshes.vertices(sample_ids, out=vertices.numpy())
+        return vertices.to(self.device), self._faces_on_device[1]
 
     def _eye_holes(self, sample_ids: np.ndarray, epoch: int, seed: int) -> dict:
         """Sample id -> (hole centres (2, 3), radius) for the samples drawn to lose their eyes; the draws are a
