@@ -7,6 +7,8 @@ Group `pipeline-64x3-224`:
 - `cached_dali_cpu`: ViewPipeline over the render cache, DALI augmentation on the CPU (`device_id=None`);
 - `cached_torch`: the same with the torch augmenter (the fallback where DALI is missing);
 - `online_dali_cpu` / `online_torch`: mesh cache -> views rendered with camera and light jitter -> augmentation;
+- `online_scans_torch`: the same over faces that each have their own topology (their triangles listed from
+  another start), as scans of different people do: each batch renders 64 meshes of different faces arrays;
 - `dataloader_torchvision_v2`: the peer, a plain torch DataLoader (2 worker processes, the machine's cores)
   over the same memory-mapped render cache, one sample per __getitem__, with torchvision v2 transforms per view
   (RandomResizedCrop, RandomRotation, ColorJitter, Normalize; the flip per sample, swapping left and right);
@@ -19,7 +21,9 @@ The augmentation step alone is benchmarked in benchmarks/test_augment.py.
 """
 
 import itertools
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -30,6 +34,8 @@ from affectvlm.data.cache import RenderSettings, render_dataset
 from affectvlm.data.mesh_cache import MeshCache, build_mesh_cache
 from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD, CachedViews, OnlineViews, ViewPipeline
 from affectvlm.data.synthetic import generate_dataset
+from affectvlm.geometry import Mesh
+from affectvlm.geometry.io import load_mesh, save_mesh
 
 BATCH, SIZE, BATCHES_PER_ROUND = 64, 224, 3
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
@@ -44,6 +50,16 @@ def folders(tmp_path_factory):
     render_dataset(root / "data", root / "views", RenderSettings(size=SIZE), batch_size=64)
     build_mesh_cache(root / "data", root / "meshes")
     return root
+
+
+@pytest.fixture(scope="module")
+def scan_meshes(folders):
+    """The mesh cache of the same faces, each with a topology of its own (its faces rolled by a different count)."""
+    scans = shutil.copytree(folders / "data", folders / "scans")
+    for i, sample in enumerate(index_dataset(scans)):
+        mesh = load_mesh(sample.path)
+        save_mesh(sample.path, Mesh(mesh.vertices, np.roll(mesh.faces, i + 1, axis=0)))
+    return build_mesh_cache(scans, folders / "scan-meshes").path
 
 
 def pull_batches(benchmark, stream):
@@ -85,6 +101,13 @@ def test_cached(benchmark, folders, backend, device):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_online(benchmark, folders, backend, device):
     source = OnlineViews(folders / "meshes", size=SIZE, device=device)
+    run_batches(benchmark, ViewPipeline(source, BATCH, backend=backend, device=device))
+
+
+@pipeline_group
+@pytest.mark.parametrize("backend, device", [param for param in BACKENDS if param.values[0] == "torch"])
+def test_online_scans(benchmark, scan_meshes, backend, device):
+    source = OnlineViews(scan_meshes, size=SIZE, device=device)
     run_batches(benchmark, ViewPipeline(source, BATCH, backend=backend, device=device))
 
 

@@ -261,6 +261,49 @@ def test_shared_topology_and_packed_batches_equal_per_mesh_renders():
         assert torch.equal(packed[b], single[0])
 
 
+def rows_and_copies(rng: np.random.Generator, shared_topology: bool):
+    """Meshes, a random choice of rows among them (repeats, omissions, any order), and the chosen meshes copied."""
+    if shared_topology:
+        _, faces = random_mesh(rng, 40, 120)
+        vertices = torch.from_numpy(rng.standard_normal((4, 40, 3)) * 0.5).float()
+        rows = torch.from_numpy(rng.integers(0, 4, 7))
+        return vertices, faces, rows, vertices[rows], faces
+    meshes = [random_mesh(rng, int(n), int(2 * n)) for n in rng.integers(10, 60, 4)]
+    rows = torch.from_numpy(rng.integers(0, 4, 7))
+    vertices, faces = [m[0] for m in meshes], [m[1] for m in meshes]
+    return vertices, faces, rows, [vertices[r] for r in rows], [faces[r] for r in rows]
+
+
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+@pytest.mark.parametrize("shared_topology", [True, False])
+def test_rows_render_the_meshes_they_name_as_copies_of_them_would(backend, shared_topology):
+    rng = np.random.default_rng(9 + shared_topology)
+    vertices, faces, rows, copied_vertices, copied_faces = rows_and_copies(rng, shared_topology)
+    cameras = random_cameras(rng, num_views=2, sets=len(rows))
+    options = dict(channels=ALL_CHANNELS, attributes=vertices, return_fragments=True, backend=backend)
+    drawn = render_views(vertices, faces, cameras, 24, rows=rows, **options)
+    copied = render_views(copied_vertices, copied_faces, cameras, 24, **{**options, "attributes": copied_vertices})
+    assert drawn[0].shape[:2] == (len(rows), 2)
+    assert torch.equal(drawn[1].triangle_ids, copied[1].triangle_ids)
+    assert torch.equal(drawn[0], copied[0])
+
+
+@pytest.mark.parametrize("rows, error, message", [
+    (torch.tensor([0, 2]), ValueError, "rows name mesh 2 but there are 2 meshes"),
+    (torch.tensor([-1]), ValueError, "rows name mesh -1"),
+    (torch.tensor([0.0]), ValueError, "rows must be a non-empty 1-D tensor"),
+    (torch.tensor([[0]]), ValueError, "rows must be a non-empty 1-D tensor"),
+    (torch.tensor([], dtype=torch.int64), ValueError, "rows must be a non-empty 1-D tensor"),
+    (torch.tensor([0, 1, 1]), ValueError, "cameras hold 2 sets of views; expected 1 or one per mesh \\(3\\)"),
+])
+def test_bad_rows_raise_a_clear_error(rows, error, message):
+    vertices, faces = _triangle()
+    cameras = frontal_orthographic()
+    two_sets = Cameras(cameras.world_to_view.expand(2, 1, 4, 4), cameras.projection.expand(2, 1, 4, 4))
+    with pytest.raises(error, match=message):
+        render_views(vertices.expand(2, 3, 3), faces, two_sets, 16, rows=rows)
+
+
 @pytest.mark.parametrize("backend", ["kernel", "reference"])
 def test_depth_is_normalised_per_view_over_the_mask(backend):
     sphere, cameras = icosphere(3), view_cameras()
@@ -434,6 +477,22 @@ def test_cuda_shared_topology_and_large_triangles_match_cpu():
     cube_cpu = render_views(*flat_cube()[:2], view_cameras(), 128, return_fragments=True)
     cube_gpu = render_views(*(t.cuda() for t in flat_cube()[:2]), view_cameras(), 128, return_fragments=True)
     assert torch.equal(cube_gpu[1].triangle_ids.cpu(), cube_cpu[1].triangle_ids)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shared_topology", [True, False])
+def test_cuda_rows_render_as_on_the_cpu(shared_topology):
+    rng = np.random.default_rng(30 + shared_topology)
+    vertices, faces, rows, _, _ = rows_and_copies(rng, shared_topology)
+    cameras = random_cameras(rng, num_views=2, sets=len(rows))
+    cpu = render_views(vertices, faces, cameras, 48, channels=ALL_CHANNELS, attributes=vertices, rows=rows,
+                       return_fragments=True)
+    on_gpu = [v.cuda() for v in vertices] if isinstance(vertices, list) else vertices.cuda()
+    gpu_faces = [f.cuda() for f in faces] if isinstance(faces, list) else faces.cuda()
+    gpu = render_views(on_gpu, gpu_faces, cameras.to("cuda"), 48, channels=ALL_CHANNELS, attributes=on_gpu,
+                       rows=rows.cuda(), return_fragments=True)
+    assert torch.equal(gpu[1].triangle_ids.cpu(), cpu[1].triangle_ids)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=0, atol=1e-5)
 
 
 @pytest.mark.cuda

@@ -29,9 +29,9 @@ import torch
 
 from affectvlm.data.augment import AugmentPlan
 from affectvlm.data.draws import uniform
-from affectvlm.data.memory import empty, take_rows
+from affectvlm.data.memory import empty
 from affectvlm.geometry.cameras import Cameras, view_cameras
-from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, pack_meshes, render_views, vertex_normals
+from affectvlm.ops.raster import DEFAULT_LIGHT, channel_layout, render_views
 
 IMAGE_RECIPES = {
     "shading": "shading, shading, shading",
@@ -60,13 +60,14 @@ def default_light() -> torch.Tensor:
 
 
 def render_model_views(vertices, faces, cameras: Cameras, size, recipe: str = DEFAULT_RECIPE,
-                       light: torch.Tensor | None = None, normals=None) -> torch.Tensor:
+                       light: torch.Tensor | None = None, rows=None) -> torch.Tensor:
     """The model's input images, float32 (B, K, 3, H, W) in [0, 1] on the vertices' device.
 
-    vertices, faces, cameras, size, normals: as `affectvlm.ops.raster.render_views`. light: None for the default
-    direction in every view, or a camera-space direction per mesh and view (B, K, 3)."""
+    vertices, faces, cameras, size, rows: as `affectvlm.ops.raster.render_views` (with rows, B is their
+    number). light: None for the default direction in every view, or a camera-space direction per rendered
+    mesh and view (B, K, 3)."""
     rendered = _RENDERED_CHANNELS[check_recipe(recipe)]
-    images = render_views(vertices, faces, cameras, size, rendered, normals=normals)
+    images = render_views(vertices, faces, cameras, size, rendered, rows=rows)
     light = _per_view_light(light, images)  # checked whatever the recipe; only shading uses it
     if recipe == "normal":
         return images
@@ -188,16 +189,8 @@ def render_augmented_views(vertices, faces, cameras: Cameras, light: torch.Tenso
     to apply. vertices, faces: one mesh per sample, (B, V, 3) with shared faces or lists; cameras (B, K, 4, 4)
     and light (B, K, 3) as `jittered_cameras` gives them."""
     drawn_cameras, drawn_light = augmented_cameras(cameras, light, plan)
-    rows = plan.source[..., 0].reshape(-1)
-    # Each output view renders a copy of its source's mesh; the normals are computed once per source.
-    normals = vertex_normals(pack_meshes(vertices, faces))
-    if isinstance(vertices, torch.Tensor):
-        taken = torch.from_numpy(rows).to(vertices.device)
-        vertices, normals = (take_rows(values, taken) for values in (vertices, normals.view(vertices.shape)))
-    else:
-        normals = normals.split([len(v) for v in vertices])
-        vertices, faces, normals = ([values[r] for r in rows] for values in (vertices, faces, normals))
-    views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light, normals)
+    rows = torch.from_numpy(plan.source[..., 0].reshape(-1))  # each output view draws its source's mesh
+    views = render_model_views(vertices, faces, drawn_cameras, size, recipe, drawn_light, rows)
     return views.view(*plan.shape, *views.shape[2:])
 
 

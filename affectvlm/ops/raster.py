@@ -49,7 +49,9 @@ BACKENDS = ("auto", "kernel", "reference")
 class MeshBatch:
     """B meshes packed for the kernels: vertices (NV, 3) float32, faces (NF, 3) int32 indexing each mesh's
     own vertices, and per mesh a row (vertex_start, vertex_count, face_start, face_count) of `meshes` (B, 4)
-    int64. Meshes of one topology share faces (every row has face_start 0)."""
+    int64. Meshes of one topology share faces (every row has face_start 0). `pack_meshes` lays the meshes'
+    vertices one after another; a batch to render may name the same ranges in several rows (`render_views`'
+    rows), one for vertex normals may not."""
 
     vertices: torch.Tensor
     faces: torch.Tensor
@@ -72,7 +74,7 @@ class Fragments:
 
 
 def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEFAULT_CHANNELS, *,
-                 attributes=None, normals=None, light=DEFAULT_LIGHT, ambient: float = 0.15,
+                 attributes=None, normals=None, rows=None, light=DEFAULT_LIGHT, ambient: float = 0.15,
                  normalise_depth: bool = True, cull_backfaces: bool = False,
                  return_fragments: bool = False, return_barycentrics: bool = False, backend: str = "auto"):
     """Render every mesh through every camera: float32 images (B, K, C, H, W) on the meshes' device.
@@ -82,12 +84,15 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     channels: names from CHANNEL_WIDTHS. attributes: per-vertex values for the "attributes" channel, laid out
     like vertices. normals: the vertex normals that NORMAL_CHANNELS interpolate, laid out like vertices; None
     computes them (`vertex_normals`); pass them to compute them once for several renders of the same meshes.
-    light: direction towards the light in camera space. Front faces wind counter-clockwise as seen by the
+    rows: which mesh each rendered mesh is, integer (B',), when meshes are to be drawn several times (each
+    through its own cameras, which then number 1 or B') or not at all: the meshes are checked, and their
+    normals computed, once; the images are (B', K, C, H, W). light: direction towards the light in camera space. Front faces wind counter-clockwise as seen by the
     camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
     (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
     reference where it is missing), "kernel" or "reference".
     """
-    batch = pack_meshes(vertices, faces)
+    packed = pack_meshes(vertices, faces)
+    batch = _rendered_rows(packed, rows)
     height, width = _image_size(image_size)
     world_to_clip, world_to_view = _camera_matrices(cameras, batch)
     attributes = _per_vertex(attributes, batch, "attributes") if attributes is not None else None
@@ -101,7 +106,7 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     if not NORMAL_CHANNELS & set(layout):
         normals = None
     elif normals is None:
-        normals = vertex_normals(batch, backend)
+        normals = vertex_normals(packed, backend)  # once per mesh, however many times it is drawn
     else:
         normals = _per_vertex(normals, batch, "normals", width=3)
         if not _all_finite(normals):
@@ -222,6 +227,20 @@ def pack_meshes(vertices, faces) -> MeshBatch:
     faces = _check_faces(faces, num_vertices, "faces", vertices.device)
     rows = torch.tensor([[b * num_vertices, num_vertices, 0, faces.shape[0]] for b in range(num_meshes)])
     return MeshBatch(batch.reshape(-1, 3), faces, rows.to(vertices.device), True)
+
+
+def _rendered_rows(batch: MeshBatch, rows) -> MeshBatch:
+    """The batch's meshes in the order `rows` names them (see `render_views`), sharing its vertices and faces."""
+    if rows is None:
+        return batch
+    rows = torch.as_tensor(rows)
+    if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.ndim != 1 or len(rows) == 0:
+        raise ValueError(f"rows must be a non-empty 1-D tensor of mesh indices, got {rows.dtype} "
+                         f"{tuple(rows.shape)}")
+    low, high = value_range(rows)
+    if low < 0 or high >= batch.num_meshes:
+        raise ValueError(f"rows name mesh {low if low < 0 else high} but there are {batch.num_meshes} meshes")
+    return MeshBatch(batch.vertices, batch.faces, batch.meshes[rows.to(batch.meshes.device)], batch.shared_topology)
 
 
 def vertex_normals(batch: MeshBatch, backend: str = "auto") -> torch.Tensor:
