@@ -46,10 +46,9 @@ def main(device: torch.device) -> None:
     online = OnlineViews(root / "meshes", size=SIZE, device=device)
     cached = CachedViews(root / "views")
     ids = np.arange(BATCH) % len(online.samples)
-    meshes = [online.meshes.load(i) for i in ids]
     cameras, light = jittered_cameras(online.view_names, CameraJitter(), 0, 0, ids)
-    vertices = torch.from_numpy(np.stack([v for v, _ in meshes])).to(device)
-    faces = torch.from_numpy(meshes[0][1]).to(device)
+    vertices = torch.from_numpy(online.meshes.vertices(ids)).to(device)
+    faces = torch.from_numpy(online.meshes.faces(online.meshes.topology(0))).to(device)
     views = render_model_views(vertices, faces, cameras.to(device), SIZE, online.recipe, light.to(device))
     augmenter = make_augmenter(OPENAI_MEAN, OPENAI_STD, "torch", device=device)
     columns = {"labels": np.arange(BATCH) % 6, "intensity": np.full(BATCH, 3), "valid": np.ones(BATCH, dtype=bool)}
@@ -59,10 +58,10 @@ def main(device: torch.device) -> None:
                                  columns["valid"], online.view_names)
 
     stages = {
-        "online: load 64 meshes from the mesh cache": lambda r: [online.meshes.load(i) for i in ids],
+        "online: load 64 meshes one by one (MeshCache.load)": lambda r: [online.meshes.load(i) for i in ids],
+        "online: copy 64 meshes' vertices into one buffer, to the device": lambda r: torch.from_numpy(
+            online.meshes.vertices(ids)).to(device),
         "online: jittered cameras and lights": lambda r: jittered_cameras(online.view_names, CameraJitter(), 0, r, ids),
-        "online: stack vertices, copy to the device": lambda r: torch.from_numpy(
-            np.stack([v for v, _ in meshes])).to(device),
         "online: render 64 x 3 views": lambda r: render_model_views(vertices, faces, cameras.to(device), SIZE,
                                                                     online.recipe, light.to(device)),
         "online: all of the source's views(), no augmentation": lambda r: online.views(ids, r),
