@@ -51,7 +51,7 @@ for stage in $stages; do
       run_stage kernels 240 python3 -m pytest -m cuda -p no:cacheprovider --benchmark-only \
         --benchmark-json="$out/kernels.json" --benchmark-columns=min,median,mean,rounds "${kernel_benchmarks[@]}" ;;
     training)
-      run_stage training 150 python3 -m pytest -m cuda -p no:cacheprovider --benchmark-only \
+      run_stage training 180 python3 -m pytest -m cuda -p no:cacheprovider --benchmark-only \
         --benchmark-json="$out/training.json" --benchmark-columns=min,median,mean,rounds "${training_benchmarks[@]}" ;;
     profile)
       run_stage profile 90 python3 benchmarks/gpu/profile_pipeline.py cuda ;;

@@ -2,8 +2,8 @@
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/gpu/sanitize_kernels.py
 
-The rasteriser with all channels and fragments (a face, and a batch of two topologies with a triangle larger than
-the image), vertex normals; the fused loss forward and backward in float32, float16 and bfloat16, with and
+The rasteriser with all channels and fragments (a face, a batch of two topologies with a triangle larger than
+the image, and that batch drawn through rows that repeat and reorder its meshes), vertex normals; the fused loss forward and backward in float32, float16 and bfloat16, with and
 without text embeddings, with a class that has a single sample (no positive for the triplet term)."""
 
 import torch
@@ -21,9 +21,10 @@ def rasterise() -> None:
     cameras = view_cameras("frontal,left,right,up").to("cuda")
     channels = tuple(name for name in CHANNEL_WIDTHS if name != "attributes")
     render_views(face.cuda(), faces.cuda(), cameras, 37, channels, return_fragments=True, return_barycentrics=True)
-    render_views([face.cuda(), big.cuda()], [faces.cuda(), torch.tensor([[0, 1, 2]]).cuda()], cameras, (24, 40),
-                 channels + ("attributes",), attributes=[torch.rand(300, 2).cuda(), torch.rand(3, 2).cuda()],
-                 cull_backfaces=True)
+    two_topologies = ([face.cuda(), big.cuda()], [faces.cuda(), torch.tensor([[0, 1, 2]]).cuda()])
+    render_views(*two_topologies, cameras, (24, 40), channels + ("attributes",),
+                 attributes=[torch.rand(300, 2).cuda(), torch.rand(3, 2).cuda()], cull_backfaces=True)
+    render_views(*two_topologies, cameras, 29, channels, rows=torch.tensor([1, 0, 1, 1]), return_fragments=True)
     vertex_normals(pack_meshes(face.cuda(), faces.cuda()), backend="kernel")
 
 
