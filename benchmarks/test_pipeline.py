@@ -6,6 +6,8 @@ every case runs in its steady state (prefetch queues drained): samples/s = 192 /
 Group `pipeline-64x3-224`:
 - `cached_dali_cpu`: ViewPipeline over the render cache, DALI augmentation on the CPU (`device_id=None`);
 - `cached_torch`: the same with the torch augmenter (the fallback where DALI is missing);
+- `cached_nearest_dali_cpu` / `cached_nearest_torch`: the same sampling the geometry from the nearest pixel
+  (`AugmentSettings(interpolation="nearest")`) rather than bilinearly;
 - `online_dali_cpu` / `online_torch`: mesh cache -> views rendered with camera and light jitter -> augmentation;
 - `online_scans_torch`: the same over faces that each have their own topology (their triangles listed from
   another start), as scans of different people do: each batch renders 64 meshes of different faces arrays;
@@ -29,7 +31,7 @@ import torch
 from torchvision.transforms import v2
 
 from affectvlm.data import index_dataset, load_sample
-from affectvlm.data.augment import dali_available
+from affectvlm.data.augment import AugmentSettings, dali_available
 from affectvlm.data.cache import RenderSettings, render_dataset
 from affectvlm.data.mesh_cache import MeshCache, build_mesh_cache
 from affectvlm.data.pipeline import OPENAI_MEAN, OPENAI_STD, CachedViews, OnlineViews, ViewPipeline
@@ -94,6 +96,14 @@ BACKENDS = [
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_cached(benchmark, folders, backend, device):
     pipeline = ViewPipeline(CachedViews(folders / "views"), BATCH, backend=backend, device=device)
+    run_batches(benchmark, pipeline)
+
+
+@pipeline_group
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_cached_nearest(benchmark, folders, backend, device):
+    pipeline = ViewPipeline(CachedViews(folders / "views"), BATCH, augment=AugmentSettings(interpolation="nearest"),
+                            backend=backend, device=device)
     run_batches(benchmark, pipeline)
 
 

@@ -55,7 +55,8 @@ def unnormalise(images: torch.Tensor) -> np.ndarray:
 
 
 def reference(views: np.ndarray, plan) -> np.ndarray:
-    """The plan applied in float64 numpy: gather, bilinear sampling with zeros outside, colour, normalisation."""
+    """The plan applied in float64 numpy: gather, bilinear or nearest sampling with zeros outside, colour,
+    normalisation."""
     rows, count, channels, height, width = views.shape
     source = views[plan.source[..., 0], plan.source[..., 1]].reshape(rows * count, channels, height, width)
     affine = plan.affine.reshape(-1, 2, 3).astype(np.float64)
@@ -67,7 +68,9 @@ def reference(views: np.ndarray, plan) -> np.ndarray:
     x0, y0 = np.floor(px).astype(int), np.floor(py).astype(int)
     warped = np.zeros(source.shape)
     view = np.arange(rows * count)[:, None, None]
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+    if plan.interpolation == "nearest":
+        x0, y0, px, py = np.rint(px).astype(int), np.rint(py).astype(int), np.rint(px), np.rint(py)
+    for dx, dy in ((0, 0),) if plan.interpolation == "nearest" else ((0, 0), (1, 0), (0, 1), (1, 1)):
         xi, yi = x0 + dx, y0 + dy
         weight = (1 - np.abs(px - xi)) * (1 - np.abs(py - yi))
         inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
@@ -216,6 +219,20 @@ def test_a_colour_only_plan_changes_colour_alone_and_one_augmenter_serves_both_k
                                    rtol=0, atol=pixel_tolerance(16, backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nearest_interpolation_takes_each_pixel_from_the_nearest_source_pixel(backend):
+    columns, pixels = batch(5, seed=11, size=20)
+    settings = AugmentSettings(rotation=25.0, crop_scale=(0.5, 0.9), mix=0.5, brightness=0.0, contrast=0.0,
+                               interpolation="nearest")
+    plan = plan_augmentation(settings, 1, 2, **columns)
+    assert plan.interpolation == "nearest" and not plan.keeps_geometry()
+    out = augmenter_for(backend)(pixels, plan).numpy()
+    expected = reference(pixels.numpy().astype(np.float64), plan)
+    # A sample position within rounding error of halfway between two pixels may round either way.
+    agree = np.isclose(out, expected, rtol=0, atol=1e-5).mean()
+    assert agree > 0.995, f"{agree:.4f} of the pixels are the nearest source pixel's"
+
+
 def test_torch_and_dali_agree_on_random_views():
     pytest.importorskip("nvidia.dali")
     columns, pixels = batch(8, seed=6, size=32)
@@ -250,6 +267,7 @@ def test_parameters_stay_within_their_ranges():
     (dict(crop_scale=(0.5, 1.2)), "crop_scale"), (dict(crop_scale=(0.9, 0.5)), "crop_scale"),
     (dict(crop_scale=(0.0, 0.5)), "crop_scale"), (dict(crop_ratio=(1.2, 0.8)), "crop_ratio"),
     (dict(crop_ratio=(0.5,)), "crop_ratio"), (dict(crop_ratio="wide"), "crop_ratio"),
+    (dict(interpolation="bicubic"), "interpolation"),
 ])
 def test_bad_settings_are_one_line_errors(strengths, field):
     with pytest.raises(ValueError, match=field) as error:

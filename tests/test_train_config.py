@@ -53,9 +53,10 @@ def test_defaults_give_the_bare_command():
     assert TrainConfig(out="runs/demo").command_line() == "affectvlm train --out runs/demo"
 
 
-def test_augment_settings_take_numbers_and_ranges_and_refuse_anything_else():
-    config = parsed("affectvlm train --augment flip=0,crop_scale=0.9:1")
-    assert config.augment == {"flip": 0.0, "crop_scale": [0.9, 1.0]}
+def test_augment_settings_take_numbers_ranges_and_words_and_refuse_anything_else():
+    config = parsed("affectvlm train --augment flip=0,crop_scale=0.9:1,interpolation=nearest")
+    assert config.augment == {"flip": 0.0, "crop_scale": [0.9, 1.0], "interpolation": "nearest"}
+    assert parsed(config.command_line()).augment == config.augment
     for bad in ("flip", "flip=x", "crop_scale=0.1:0.2:0.3", "crop_scale=a:1"):
         with pytest.raises(ValueError, match="--augment: "):
             parsed(f"affectvlm train --augment {bad}")

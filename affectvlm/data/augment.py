@@ -24,8 +24,10 @@ Semantics:
 
 Brightness b and contrast c act on each view x (after the geometry) as b * (m + c * (x - m)), with m the view's
 mean over pixels and channels; no clipping, so colour and normalisation fold into one multiply-add per channel.
-Geometry samples bilinearly with zeros outside the image (the renderer's background is zero). Views must be
-square (the renderer draws size x size), so a rotation in normalised coordinates is a true rotation.
+Geometry samples with zeros outside the image (the renderer's background is zero), bilinearly by default or from
+the nearest pixel (`interpolation="nearest"`, as torchvision's RandomRotation does by default: on a CPU, DALI's
+bilinear warp costs five times its nearest one). Views must be square (the renderer draws size x size), so a
+rotation in normalised coordinates is a true rotation.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SWAPPED_BY_FLIP = {"left": "right", "right": "left"}
 # Per-view draw counters.
 _ROTATION, _CROP_SCALE, _CROP_RATIO, _CROP_X, _CROP_Y, _BRIGHTNESS, _CONTRAST, _MIX, _DONOR = range(9)
 _VIEW_DRAWS = 9
+INTERPOLATIONS = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class AugmentSettings:
     brightness: float = 0.2                     # multiplier drawn in [1 - brightness, 1 + brightness]
     contrast: float = 0.2                       # multiplier drawn in [1 - contrast, 1 + contrast]
     mix: float = 0.2                            # probability that a view comes from another sample of its class
+    interpolation: str = "bilinear"             # how the geometry samples the view: bilinear or nearest
 
     def __post_init__(self):
         for name in ("flip", "mix"):
@@ -70,6 +74,8 @@ class AugmentSettings:
         _require(0.0 < low <= high <= 1.0, "crop_scale must satisfy 0 < low <= high <= 1", "crop_scale", self)
         low, high = _pair(self.crop_ratio, "crop_ratio")
         _require(0.0 < low <= high, "crop_ratio must satisfy 0 < low <= high", "crop_ratio", self)
+        _require(self.interpolation in INTERPOLATIONS, f"interpolation must be one of {', '.join(INTERPOLATIONS)}",
+                 "interpolation", self)
         object.__setattr__(self, "crop_scale", tuple(map(float, self.crop_scale)))
         object.__setattr__(self, "crop_ratio", tuple(map(float, self.crop_ratio)))
 
@@ -105,6 +111,7 @@ class AugmentPlan:
     contrast: np.ndarray    # (B, K) float32 multiplier
     flipped: np.ndarray     # (B,) bool: the sample is mirrored (folded into `affine` and `source`)
     mixed: np.ndarray       # (B, K) bool: the output view comes from another sample
+    interpolation: str = "bilinear"  # how `affine` samples the view (INTERPOLATIONS)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -161,7 +168,8 @@ def plan_augmentation(settings: AugmentSettings, seed: int, epoch: int, sample_i
     brightness = 1.0 + (2.0 * draws[..., _BRIGHTNESS] - 1.0) * settings.brightness
     contrast = 1.0 + (2.0 * draws[..., _CONTRAST] - 1.0) * settings.contrast
     return AugmentPlan(source=source, affine=affine.astype(np.float32), brightness=brightness.astype(np.float32),
-                       contrast=contrast.astype(np.float32), flipped=flipped, mixed=mixed)
+                       contrast=contrast.astype(np.float32), flipped=flipped, mixed=mixed,
+                       interpolation=settings.interpolation)
 
 
 def _batch_columns(sample_ids, labels, intensity, valid):
@@ -229,8 +237,8 @@ class TorchAugmenter:
         flat = _gather(views, plan).to(torch.float32)
         if not plan.keeps_geometry():
             theta = torch.from_numpy(plan.affine).to(views.device).reshape(-1, 2, 3)
-            flat = F.grid_sample(flat, affine_grid(theta, height, width), mode="bilinear", padding_mode="zeros",
-                                 align_corners=False)
+            flat = F.grid_sample(flat, affine_grid(theta, height, width), mode=plan.interpolation,
+                                 padding_mode="zeros", align_corners=False)
         if plan.is_identity():
             mean, std = (values.to(flat.device).view(1, 3, 1, 1) for values in (self.mean, self.std))
             out = torch.sub(flat, mean, out=self._output(views, flat, overwrite)).div_(std)
@@ -299,9 +307,9 @@ class DaliAugmenter:
 
     One pipeline sample is one view, laid out FHWC with the three channels as frames and C = 1, so a torch view
     (3, H, W) enters without a copy. The graph: external_source (views and per-view parameters) -> warp_affine
-    (bilinear, zeros outside; on the view transposed to HWC and back, see _build) -> reductions.mean (the view's
-    mean for the contrast) -> brightness_contrast with per-channel (per-frame) multiplier and shift, which also does
-    the normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
+    (the plan's interpolation, zeros outside; on the view transposed to HWC and back, see _build) ->
+    reductions.mean (the view's mean for the contrast) -> brightness_contrast with per-channel (per-frame)
+    multiplier and shift, which also does the normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
     mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel Python
     workers, so nothing is forked, before or after CUDA exists.
     """
@@ -312,7 +320,7 @@ class DaliAugmenter:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DaliAugmenter: device must be cpu or cuda (got {device})")
         self.num_threads = num_threads or max(1, torch.get_num_threads())
-        self._pipelines = {}  # warps or not -> (pipeline, capacity in views)
+        self._pipelines = {}  # the warp's interpolation (None: no warp) -> (pipeline, capacity in views)
 
     def __call__(self, views: torch.Tensor, plan: AugmentPlan, overwrite: bool = False) -> torch.Tensor:
         """The augmented, normalised views (B, K, 3, H, W) float32, in DALI's own output buffer (`overwrite` is
@@ -321,10 +329,11 @@ class DaliAugmenter:
         if views.device.type != self.device.type:
             raise ValueError(f"DaliAugmenter: views are on {views.device} but the pipeline runs on {self.device}")
         batch, count, channels, height, width = views.shape
-        warps = not plan.keeps_geometry()  # a renderer may have drawn the geometry already (plan.colour_only())
-        pipeline = self._pipeline_for(batch * count, warps)
+        # A renderer may have drawn the geometry already (plan.colour_only()): then nothing is warped.
+        warp = None if plan.keeps_geometry() else plan.interpolation
+        pipeline = self._pipeline_for(batch * count, warp)
         inputs = self._colour_inputs(plan)
-        if warps:
+        if warp:
             inputs["matrix"] = _pixel_matrices(plan.affine.reshape(-1, 2, 3), height, width)
         if self.device.type == "cpu":
             (out,) = pipeline.run(views=_source_views_numpy(views, plan), **inputs)
@@ -343,14 +352,14 @@ class DaliAugmenter:
         return dict(scale=(b * c / std).astype(np.float32), shift_per_mean=(b * (1 - c) / std).astype(np.float32),
                     shift=np.repeat((-mean / std).astype(np.float32), len(b), axis=0))
 
-    def _pipeline_for(self, views: int, warps: bool):
-        pipeline, capacity = self._pipelines.get(warps, (None, 0))
+    def _pipeline_for(self, views: int, warp: str | None):
+        pipeline, capacity = self._pipelines.get(warp, (None, 0))
         if pipeline is None or views > capacity:
-            pipeline, capacity = self._build(views, warps), views
-            self._pipelines[warps] = (pipeline, capacity)
+            pipeline, capacity = self._build(views, warp), views
+            self._pipelines[warp] = (pipeline, capacity)
         return pipeline
 
-    def _build(self, capacity: int, warps: bool):
+    def _build(self, capacity: int, warp: str | None):
         from nvidia.dali import fn, pipeline_def, types
 
         on_gpu = self.device.type == "cuda"
@@ -365,13 +374,14 @@ class DaliAugmenter:
             scale, shift_per_mean, shift = (fn.external_source(name=name, dtype=types.FLOAT)
                                             for name in ("scale", "shift_per_mean", "shift"))
             warped = views
-            if warps:
+            if warp:
                 # Warped as one HWC image rather than three one-channel frames: DALI's CPU warp then finds each
                 # source position once for all three channels, which more than pays for the two transposes
                 # (benchmarks/RESULTS.md, "Fewer passes over memory").
                 matrix = fn.external_source(name="matrix", dtype=types.FLOAT)
                 pixels = fn.transpose(fn.squeeze(views, axis_names="C"), perm=[1, 2, 0], output_layout="HWC")
-                pixels = fn.warp_affine(pixels, matrix=matrix, fill_value=0.0, interp_type=types.INTERP_LINEAR,
+                interpolation = {"bilinear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}[warp]
+                pixels = fn.warp_affine(pixels, matrix=matrix, fill_value=0.0, interp_type=interpolation,
                                         device=where)
                 warped = fn.expand_dims(fn.transpose(pixels, perm=[2, 0, 1], output_layout="FHW"), axes=[3],
                                         new_axis_names="C")

@@ -96,7 +96,8 @@ class TrainConfig:
         values["views"] = tuple(args.views.split(","))
         values["loss_weights"] = tuple(args.loss_weights)
         values["jitter"] = _key_values(args.jitter, "--jitter")
-        values["augment"] = None if args.augment is None else _key_values(args.augment, "--augment")
+        values["augment"] = (None if args.augment is None
+                             else _key_values(args.augment, "--augment", words=("interpolation",)))
         return cls(**values)
 
     @classmethod
@@ -106,13 +107,17 @@ class TrainConfig:
                       "loss_weights": tuple(data["loss_weights"])})
 
 
-def _key_values(text: str | None, option: str) -> dict:
-    """"yaw=10,crop_scale=0.9:1" -> {"yaw": 10.0, "crop_scale": [0.9, 1.0]} (a range is low:high)."""
+def _key_values(text: str | None, option: str, words: tuple[str, ...] = ()) -> dict:
+    """"crop_scale=0.9:1,rotation=5,interpolation=nearest" -> {"crop_scale": [0.9, 1.0], "rotation": 5.0,
+    "interpolation": "nearest"}: a range is low:high; the names in `words` take a word."""
     result = {}
     for item in filter(None, (text or "").split(",")):
         key, equals, value = item.partition("=")
         if not equals:
             raise ValueError(f"{option}: expected name=number, got '{item}'")
+        if key.strip() in words:
+            result[key.strip()] = value.strip()
+            continue
         try:
             numbers = [float(number) for number in value.split(":")]
         except ValueError:
@@ -164,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--jitter", help="camera jitter of online views, e.g. yaw=10,pitch=5,roll=3,distance=0.05")
     data.add_argument("--augment", nargs="?", const="", metavar="SETTINGS",
                       help="train with mixed view augmentation (off by default), optionally with settings overriding "
-                           "its defaults, e.g. flip=0.5,rotation=10")
+                           "its defaults, e.g. flip=0.5,rotation=10,interpolation=nearest")
     data.add_argument("--eye-holes", type=float, default=d.eye_holes, metavar="P",
                       help="cut holes at both eyes of a training face with probability P, as scans lose the eyes "
                            "(needs --source online and --pose template; default 0)")
