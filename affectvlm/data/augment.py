@@ -309,9 +309,9 @@ class DaliAugmenter:
     (3, H, W) enters without a copy. The graph: external_source (views and per-view parameters) -> warp_affine
     (the plan's interpolation, zeros outside; on the view transposed to HWC and back, see _build) ->
     reductions.mean (the view's mean for the contrast) -> brightness_contrast with per-channel (per-frame)
-    multiplier and shift, which also does the normalisation. The inputs are fed with `run(**inputs)`: numpy on the CPU (the source views by reference, so
-    mixing and flipping copy nothing), a dense CUDA tensor on the GPU. No external_source runs in parallel Python
-    workers, so nothing is forked, before or after CUDA exists.
+    multiplier and shift, which also does the normalisation. The inputs are fed with `run(**inputs)`: numpy on
+    the CPU (the source views by reference, so mixing and flipping copy nothing), a dense CUDA tensor on the GPU.
+    No external_source runs in parallel Python workers, so nothing is forked, before or after CUDA exists.
     """
 
     def __init__(self, mean, std, device="cpu", num_threads: int | None = None):

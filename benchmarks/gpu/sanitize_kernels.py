@@ -3,8 +3,9 @@
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/gpu/sanitize_kernels.py
 
 The rasteriser with all channels and fragments (a face, a batch of two topologies with a triangle larger than
-the image, and that batch drawn through rows that repeat and reorder its meshes), vertex normals; the fused loss forward and backward in float32, float16 and bfloat16, with and
-without text embeddings, with a class that has a single sample (no positive for the triplet term)."""
+the image, and that batch drawn through rows that repeat and reorder its meshes), vertex normals; the fused loss
+forward and backward in float32, float16 and bfloat16, with and without text embeddings, with a class that has a
+single sample (no positive for the triplet term)."""
 
 import torch
 
