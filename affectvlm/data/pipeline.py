@@ -114,8 +114,8 @@ class CachedViews:
         if self.recipe is None:
             raise CacheError(f"{index_path}: holds raw channels {settings.get('channels')}, not model views; "
                              "render it again without --channels")
-        expected = {"views": tuple(views.split(",") if isinstance(views, str) else views) if views else None, "size": size,
-                    "recipe": recipe, "pose": pose}
+        expected = {"views": tuple(views.split(",") if isinstance(views, str) else views) if views else None,
+                    "size": size, "recipe": recipe, "pose": pose}
         actual = {"views": self.view_names, "size": self.image_size, "recipe": self.recipe, "pose": self.pose}
         for name, value in expected.items():
             if value is not None and value != actual[name]:
