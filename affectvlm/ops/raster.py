@@ -87,9 +87,9 @@ def render_views(vertices, faces, cameras: Cameras, image_size=224, channels=DEF
     rows: which mesh each rendered mesh is, integer (B',), when meshes are to be drawn several times (each
     through its own cameras, which then number 1 or B') or not at all: the meshes are checked, and their
     normals computed, once; the images are (B', K, C, H, W). light: direction towards the light in camera
-    space. Front faces wind counter-clockwise as seen by the camera; cull_backfaces drops the others. With return_fragments, also returns `Fragments`
-    (triangle ids, and barycentrics with return_barycentrics). backend: "auto" (the compiled kernel, or the
-    reference where it is missing), "kernel" or "reference".
+    space. Front faces wind counter-clockwise as seen by the camera; cull_backfaces drops the others. With
+    return_fragments, also returns `Fragments` (triangle ids, and barycentrics with return_barycentrics).
+    backend: "auto" (the compiled kernel, or the reference where it is missing), "kernel" or "reference".
     """
     packed = pack_meshes(vertices, faces)
     batch = _rendered_rows(packed, rows)
