@@ -111,7 +111,7 @@ class AugmentPlan:
     contrast: np.ndarray    # (B, K) float32 multiplier
     flipped: np.ndarray     # (B,) bool: the sample is mirrored (folded into `affine` and `source`)
     mixed: np.ndarray       # (B, K) bool: the output view comes from another sample
-    interpolation: str = "bilinear"  # how `affine` samples the view (INTERPOLATIONS)
+    interpolation: str      # how `affine` samples the view (INTERPOLATIONS)
 
     @property
     def shape(self) -> tuple[int, int]:
